@@ -1,0 +1,3 @@
+from dicom_node.cli import main
+
+raise SystemExit(main())
