@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydicom import Dataset
 
@@ -71,6 +71,10 @@ class Pipeline(ABC, Generic[PreparedT, RawT, FindingT]):
         self, finding: FindingT, sources: Sequence[Dataset], context: OutputContext
     ) -> list[Dataset]:
         """DICOM objects to send back to the PACS, in the sources' study."""
+
+    def summarise(self, finding: FindingT) -> dict[str, Any]:
+        """A small JSON-able summary (label, probabilities, volumes): job log and ``classify``."""
+        return {}
 
     def run(self, sources: Sequence[Dataset]) -> FindingT:
         prepared = self.preprocess(sources)
