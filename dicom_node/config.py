@@ -1,0 +1,271 @@
+"""The node's settings: one typed, frozen object.
+
+Sources, lowest precedence first: defaults in this module, an optional TOML file
+(``--config``), ``DICOM_NODE_*`` environment variables, command-line flags.  Every value is
+validated once at start; an invalid one raises ``ConfigError`` naming the setting, its
+environment variable and what was wrong, so the node never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: 16 chars, no backslash
+_PACS = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
+
+ENV_PREFIX = "DICOM_NODE_"
+
+# Quiet period per modality: radiographs arrive in one burst, a CT series in hundreds of
+# instances over tens of seconds.
+DEFAULT_QUIET_SECONDS: dict[str, float] = {"CR": 5.0, "DX": 5.0, "CT": 20.0}
+FALLBACK_QUIET_SECONDS = 10.0
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class PacsAddress:
+    """Where results go: ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "pacs") -> PacsAddress:
+        match = _PACS.match(text.strip())
+        if not match:
+            raise ConfigError(f"{_label(setting)}: expected AE@host:port, got {text!r}")
+        address = cls(match["ae"].strip(), match["host"], int(match["port"]))
+        _check_ae(address.ae_title, setting)
+        _check_port(address.port, setting)
+        return address
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration of one node process."""
+
+    ae_title: str = "AINODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    http_host: str = "127.0.0.1"
+    http_port: int = 8110
+    data_dir: Path = Path("var")
+    pacs: PacsAddress | None = PacsAddress("ORTHANC", "127.0.0.1", 4242)
+    # Empty means any calling AE may connect (logged as a warning at start).
+    allowed_aes: tuple[str, ...] = ()
+    require_called_ae: bool = True
+    # One value for every modality when set; otherwise ``quiet_seconds_by_modality``.
+    study_quiet_seconds: float | None = None
+    quiet_seconds_by_modality: Mapping[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_QUIET_SECONDS)
+    )
+    min_free_disk_mb: int = 1024
+    fsync: bool = True
+    worker_threads: int = 1
+    preload_models: bool = True
+    models_dir: Path | None = None
+    send_max_attempts: int = 6
+    send_backoff_seconds: float = 2.0
+    send_backoff_max_seconds: float = 300.0
+    network_timeout_seconds: float = 30.0
+    log_level: str = "INFO"
+    # Patient names/IDs never reach logs unless an admin explicitly asks for them.
+    log_patient_data: bool = False
+
+    def __post_init__(self) -> None:
+        _check_ae(self.ae_title, "ae_title")
+        for ae in self.allowed_aes:
+            _check_ae(ae, "allowed_aes")
+        _check_port(self.port, "port")
+        _check_port(self.http_port, "http_port")
+        if not self.host:
+            raise ConfigError(f"{_label('host')}: must not be empty")
+        for name in ("study_quiet_seconds",):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{_label(name)}: must be >= 0, got {value}")
+        for modality, seconds in self.quiet_seconds_by_modality.items():
+            if seconds < 0:
+                raise ConfigError(f"quiet_seconds_by_modality.{modality}: must be >= 0")
+        if self.min_free_disk_mb < 0:
+            raise ConfigError(f"{_label('min_free_disk_mb')}: must be >= 0")
+        if self.worker_threads < 0:
+            raise ConfigError(f"{_label('worker_threads')}: must be >= 0 (0 = intake only)")
+        if self.send_max_attempts < 1:
+            raise ConfigError(f"{_label('send_max_attempts')}: must be >= 1")
+        if self.send_backoff_seconds <= 0 or self.send_backoff_max_seconds <= 0:
+            raise ConfigError(f"{_label('send_backoff_seconds')}: must be > 0")
+        if self.network_timeout_seconds <= 0:
+            raise ConfigError(f"{_label('network_timeout_seconds')}: must be > 0")
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"{_label('log_level')}: one of DEBUG, INFO, WARNING, ERROR")
+
+    def quiet_seconds(self, modality: str | None) -> float:
+        """How long a study must stay quiet before it counts as complete."""
+        if self.study_quiet_seconds is not None:
+            return self.study_quiet_seconds
+        return self.quiet_seconds_by_modality.get(modality or "", FALLBACK_QUIET_SECONDS)
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.data_dir / "inbox"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite"
+
+    def describe(self) -> dict[str, Any]:
+        """The effective configuration as plain values (there are no secrets to hide)."""
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, Path | PacsAddress):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[item.name] = value
+        return out
+
+
+def _label(name: str) -> str:
+    return f"{name} ({ENV_PREFIX}{name.upper()})"
+
+
+def _check_ae(value: str, setting: str) -> None:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ConfigError(
+            f"{_label(setting)}: {value!r} is not a valid AE title (1-16 characters, no backslash)"
+        )
+
+
+def _check_port(value: int, setting: str) -> None:
+    if not 1 <= value <= 65535:
+        raise ConfigError(f"{_label(setting)}: port must be 1-65535, got {value}")
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a TOML/env/CLI value into the field's type, naming the setting on failure."""
+    kind = _FIELD_KINDS[name]
+    try:
+        if raw is None:
+            return None
+        if kind == "pacs":
+            if isinstance(raw, str) and raw.strip().lower() in {"", "none", "off"}:
+                return None
+            return PacsAddress.parse(str(raw), name)
+        if kind == "aes":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if kind == "int":
+            if isinstance(raw, bool):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "optfloat":
+            if isinstance(raw, str) and raw.strip().lower() in {"", "none", "auto"}:
+                return None
+            return float(raw)
+        if kind == "path":
+            return Path(str(raw)).expanduser()
+        if kind == "optpath":
+            return Path(str(raw)).expanduser() if str(raw) else None
+        if kind == "mapping":
+            if not isinstance(raw, Mapping):
+                raise ValueError("expected a table of MODALITY = seconds")
+            return {str(k).upper(): float(v) for k, v in raw.items()}
+        return str(raw)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{_label(name)}: {exc}") from None
+
+
+_FIELD_KINDS: dict[str, str] = {
+    "ae_title": "str",
+    "host": "str",
+    "port": "int",
+    "http_host": "str",
+    "http_port": "int",
+    "data_dir": "path",
+    "pacs": "pacs",
+    "allowed_aes": "aes",
+    "require_called_ae": "bool",
+    "study_quiet_seconds": "optfloat",
+    "quiet_seconds_by_modality": "mapping",
+    "min_free_disk_mb": "int",
+    "fsync": "bool",
+    "worker_threads": "int",
+    "preload_models": "bool",
+    "models_dir": "optpath",
+    "send_max_attempts": "int",
+    "send_backoff_seconds": "float",
+    "send_backoff_max_seconds": "float",
+    "network_timeout_seconds": "float",
+    "log_level": "str",
+    "log_patient_data": "bool",
+}
+assert set(_FIELD_KINDS) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, TOML file, environment and CLI overrides into validated ``Settings``."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from None
+        section = data.get("node", data)
+        for key, raw in section.items():
+            if key not in _FIELD_KINDS:
+                raise ConfigError(f"config file {config_file}: unknown setting {key!r}")
+            values[key] = _coerce(key, raw)
+    env = os.environ if environ is None else environ
+    for name in _FIELD_KINDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in env and _FIELD_KINDS[name] != "mapping":
+            values[name] = _coerce(name, env[env_name])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    return Settings(**values)

@@ -1,0 +1,55 @@
+"""Durable files: atomic writes into the inbox, outbox and quarantine folders.
+
+A file is written to a temporary name in the target folder, flushed (and fsynced when
+configured), then renamed: a crash leaves either the old file or the new one, never half.
+Paths are built from UIDs only after they have been checked to be valid UIDs, so a hostile
+dataset cannot escape the data folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pydicom.uid import UID
+
+
+def is_safe_uid(value: object) -> bool:
+    """A syntactically valid UID (digits and dots, at most 64 characters)."""
+    return isinstance(value, str) and bool(value) and UID(value).is_valid
+
+
+def atomic_write(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def inbox_path(inbox: Path, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+    return inbox / study_uid / series_uid / f"{sop_uid}.dcm"
+
+
+def free_disk_mb(path: Path) -> float:
+    path.mkdir(parents=True, exist_ok=True)
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize / (1024 * 1024)
