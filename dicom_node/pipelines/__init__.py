@@ -1,1 +1,1 @@
-"""Analysis pipelines: each turns the source instances of one study into a finding and DICOM outputs."""
+"""Analysis pipelines: each turns the instances of one study into a finding and DICOM outputs."""

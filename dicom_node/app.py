@@ -1,0 +1,122 @@
+"""Wiring: builds the node's parts from ``Settings`` and runs them until asked to stop.
+
+Start order follows the data: job log (with crash recovery), sender, worker, assembler (which
+re-arms timers of studies still gathering), admin HTTP, and last the SCP, so nothing is
+accepted before it can be filed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from dicom_node import __version__
+from dicom_node.assembly import StudyAssembler
+from dicom_node.config import ConfigError, Settings
+from dicom_node.db import JobLog
+from dicom_node.http_admin import AdminServer
+from dicom_node.metrics import Metrics
+from dicom_node.pipelines.registry import PipelineRegistry
+from dicom_node.scp import Intake, start_scp
+from dicom_node.scu import ResultSender, StoreTransport
+from dicom_node.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(
+        self,
+        settings: Settings,
+        pipelines: PipelineRegistry | None = None,
+        transport: StoreTransport | None = None,
+    ) -> None:
+        self.settings = settings
+        _prepare_data_dir(settings.data_dir)
+        self.joblog = JobLog.open(settings.database_path)
+        self.metrics = Metrics()
+        self.metrics.watch_job_states(self.joblog.state_counts)
+        self.pipelines = pipelines or PipelineRegistry(settings.models_dir)
+        self.sender = ResultSender(settings, self.joblog, self.metrics, transport)
+        self.worker = Worker(settings, self.joblog, self.pipelines, self.metrics, self.sender.wake)
+        self.assembler = StudyAssembler(settings, self.joblog, self.worker.wake)
+        self.admin = AdminServer(settings.http_host, settings.http_port, self.metrics, self.health)
+        self._scp: Any = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        recovered = self.joblog.recover()
+        if recovered:
+            log.warning("re-queued %d job(s) interrupted by a previous stop", len(recovered))
+        if not self.settings.allowed_aes:
+            log.warning("allowed_aes is empty: any calling AE may store to this node")
+        if self.settings.pacs is None:
+            log.warning(
+                "no PACS configured: results are written to %s only", self.settings.outbox_dir
+            )
+        self.sender.start()
+        self.worker.start()
+        self.assembler.start()
+        self.admin.start()
+        intake = Intake(self.settings, self.joblog, self.metrics, self.assembler.instance_received)
+        self._scp = start_scp(self.settings, intake)
+        log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping")
+        if self._scp is not None:
+            self._scp.shutdown()
+        self.assembler.stop()
+        self.worker.stop()
+        self.sender.stop()
+        self.admin.stop()
+        self.joblog.engine.dispose()
+
+    def health(self) -> dict[str, Any]:
+        counts = self.joblog.state_counts()
+        threads_ok = self.worker.alive() and self.sender.alive()
+        return {
+            "status": "ok" if threads_ok and self._scp is not None else "degraded",
+            "version": __version__,
+            "ae_title": self.settings.ae_title,
+            "dicom_port": self.settings.port,
+            "worker": "running" if self.worker.alive() else "stopped",
+            "sender": "running" if self.sender.alive() else "stopped",
+            "models_loaded": self.pipelines.loaded(),
+            "models_ready": self.worker.models_ready.is_set(),
+            "jobs": counts,
+        }
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGINT/SIGTERM; always stop cleanly."""
+        stop = threading.Event()
+
+        def _signal(signum: int, _frame: object) -> None:
+            log.info("received signal %d", signum)
+            stop.set()
+
+        signal.signal(signal.SIGINT, _signal)
+        signal.signal(signal.SIGTERM, _signal)
+        self.start()
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+
+def _prepare_data_dir(path: Path) -> None:
+    try:
+        for sub in ("", "inbox", "outbox", "quarantine"):
+            (path / sub).mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data_dir (DICOM_NODE_DATA_DIR): {path} is not writable: {exc}") from exc

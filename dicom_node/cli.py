@@ -1,0 +1,273 @@
+"""``dicom-node``: serve, echo, send, jobs, requeue, classify, config.
+
+Every command is ``main(args)``-callable so tests can run it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from dicom_node import RESEARCH_NOTICE, __version__
+from dicom_node.config import ConfigError, PacsAddress, Settings, load_settings
+from dicom_node.db import JobLog, JobRow
+
+# CLI flag -> settings field, for ``serve`` (and the data dir for every command).
+_SERVE_FLAGS = {
+    "ae_title": "--ae-title",
+    "host": "--host",
+    "port": "--port",
+    "http_port": "--http-port",
+    "pacs": "--pacs",
+    "allowed_aes": "--allowed-aes",
+    "study_quiet_seconds": "--quiet-seconds",
+    "worker_threads": "--worker-threads",
+    "models_dir": "--models-dir",
+    "log_level": "--log-level",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-node",
+        description=f"An AI modality on the DICOM network. {RESEARCH_NOTICE}.",
+    )
+    parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--data-dir", help="inbox, outbox and job log (DICOM_NODE_DATA_DIR)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the node (SCP, worker, sender, admin HTTP)")
+    for field, flag in _SERVE_FLAGS.items():
+        serve.add_argument(flag, dest=field, help=f"overrides DICOM_NODE_{field.upper()}")
+
+    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)")
+    echo.add_argument("--to", help="AE@host:port")
+
+    send = sub.add_parser("send", help="C-STORE files to a DICOM peer (default: this node)")
+    send.add_argument("files", nargs="+", type=Path)
+    send.add_argument("--to", help="AE@host:port")
+
+    jobs = sub.add_parser("jobs", help="show the job log")
+    jobs.add_argument("--follow", "-f", action="store_true", help="keep printing changes")
+    jobs.add_argument("--json", action="store_true", help="one JSON object per line")
+    jobs.add_argument("--limit", "-n", type=int, default=50, help="last N rows (default 50)")
+    jobs.add_argument("--interval", type=float, default=1.0, help="poll seconds with --follow")
+
+    requeue = sub.add_parser("requeue", help="re-run failed or dead jobs")
+    requeue.add_argument("job_ids", nargs="*", type=int, help="job ids (default: all)")
+    requeue.add_argument(
+        "--state", action="append", choices=["failed", "dead"], help="only jobs in this state"
+    )
+
+    classify = sub.add_parser("classify", help="classify DICOM/PNG/JPEG files ad hoc")
+    classify.add_argument("paths", nargs="+", type=Path, help="files; a directory = one series")
+    classify.add_argument("--pipeline", choices=["xray", "ct"], help="default: guessed")
+    classify.add_argument("--json", action="store_true", help="one JSON object per input")
+    classify.add_argument("--heatmap-dir", type=Path, help="write heatmap PNGs here")
+
+    sub.add_parser("config", help="print the effective configuration as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    command = args.command
+    if command == "serve":
+        return _serve(settings)
+    if command == "config":
+        print(json.dumps(settings.describe(), indent=2))
+        return 0
+    if command == "echo":
+        return _echo(settings, args.to)
+    if command == "send":
+        return _send(settings, args.to, args.files)
+    if command == "jobs":
+        return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
+    if command == "requeue":
+        return _requeue(settings, args.job_ids, args.state)
+    if command == "classify":
+        from dicom_node.classify import run_classify
+
+        return run_classify(
+            list(args.paths), args.pipeline, args.json, args.heatmap_dir, sys.stdout, sys.stderr
+        )
+    raise AssertionError(command)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {"data_dir": args.data_dir}
+    for field in _SERVE_FLAGS:
+        overrides[field] = getattr(args, field, None)
+    return load_settings(args.config, overrides=overrides)
+
+
+def _serve(settings: Settings) -> int:
+    from dicom_node.app import Node
+    from dicom_node.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_patient_data)
+    import logging
+
+    logging.getLogger("dicom_node").info("effective configuration: %s", settings.describe())
+    try:
+        node = Node(settings)
+        node.run_forever()
+    except ConfigError as exc:
+        print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the port is taken
+        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _peer(settings: Settings, to: str | None) -> PacsAddress:
+    if to:
+        return PacsAddress.parse(to, "to")
+    host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
+    return PacsAddress(settings.ae_title, host, settings.port)
+
+
+def _echo(settings: Settings, to: str | None) -> int:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    peer = _peer(settings, to)
+    ae = AE(ae_title="DICOMNODECLI")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        print(f"C-ECHO to {peer}: association failed", file=sys.stderr)
+        return 1
+    status = assoc.send_c_echo()
+    assoc.release()
+    code = int(getattr(status, "Status", -1))
+    print(f"C-ECHO to {peer}: status 0x{code:04X}")
+    return 0 if code == 0 else 1
+
+
+def _send(settings: Settings, to: str | None, files: list[Path]) -> int:
+    from dicom_node.scu import StoreClient
+
+    peer = _peer(settings, to)
+    paths = [p for f in files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
+    results = StoreClient("DICOMNODECLI", settings.network_timeout_seconds).send(peer, paths)
+    failed = 0
+    for path, result in zip(paths, results, strict=True):
+        status = f"0x{result.status:04X}" if result.status is not None else "none"
+        print(f"{path}: status {status}{' - ' + result.error if result.error else ''}")
+        failed += not result.delivered
+    return 1 if failed else 0
+
+
+def _open_joblog(settings: Settings) -> JobLog | None:
+    if not settings.database_path.exists():
+        print(
+            f"dicom-node: no job log at {settings.database_path} (check DICOM_NODE_DATA_DIR)",
+            file=sys.stderr,
+        )
+        return None
+    return JobLog.open(settings.database_path)
+
+
+def _jobs(
+    settings: Settings, follow: bool, as_json: bool, limit: int, interval: float, out: TextIO
+) -> int:
+    joblog = _open_joblog(settings)
+    if joblog is None:
+        return 1
+    rows = joblog.job_rows(limit=limit)
+    if not as_json:
+        print(format_header(), file=out)
+    for row in rows:
+        print(format_row(row, as_json), file=out)
+    out.flush()
+    if not follow:
+        return 0
+    since = max((r.updated_at for r in rows), default=None)
+    try:
+        while True:
+            time.sleep(interval)
+            for row in joblog.job_rows(since=since):
+                print(format_row(row, as_json), file=out)
+                since = max(since, row.updated_at) if since else row.updated_at
+            out.flush()
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:  # `jobs --follow | head`
+        return 0
+
+
+_COLUMNS = (("JOB", 5), ("UPDATED", 19), ("STATE", 8), ("PIPELINE", 8), ("MOD", 3), ("N", 4))
+
+
+def format_header() -> str:
+    head = " ".join(name.ljust(width) for name, width in _COLUMNS)
+    return f"{head} STUDY / RESULT"
+
+
+def format_row(row: JobRow, as_json: bool) -> str:
+    if as_json:
+        return json.dumps(row.as_json())
+    job = f"{row.job_id}" + (f".{row.version}" if row.version and row.version > 1 else "")
+    cells = (
+        job if row.job_id is not None else "-",
+        row.updated_at.strftime("%Y-%m-%d %H:%M:%S"),
+        row.state,
+        row.pipeline or "-",
+        row.modality or "-",
+        str(row.instances),
+    )
+    line = " ".join(cell.ljust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
+    detail = row.error or _summary_text(row.summary)
+    if row.deliveries_total:
+        detail = f"{detail} [sent {row.deliveries_sent}/{row.deliveries_total}]".strip()
+    return f"{line} {row.study_instance_uid or '?'}  {detail}".rstrip()
+
+
+def _summary_text(summary: str | None) -> str:
+    if not summary:
+        return ""
+    try:
+        data = json.loads(summary)
+    except ValueError:
+        return summary
+    if not isinstance(data, dict):
+        return summary
+    parts = []
+    for key, value in data.items():
+        if isinstance(value, float):
+            parts.append(f"{key}={value:.3g}")
+        elif isinstance(value, str | int):
+            parts.append(f"{key}={value}")
+    return " ".join(parts)
+
+
+def _requeue(settings: Settings, job_ids: list[int], states: list[str] | None) -> int:
+    joblog = _open_joblog(settings)
+    if joblog is None:
+        return 1
+    requeued = joblog.requeue(job_ids, states or ("failed", "dead"))
+    missing = sorted(set(job_ids) - set(requeued))
+    for job_id in requeued:
+        print(f"job {job_id} re-queued")
+    if missing:
+        print(f"not failed/dead or unknown: {', '.join(map(str, missing))}", file=sys.stderr)
+    if not requeued and not missing:
+        print("nothing to re-queue")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

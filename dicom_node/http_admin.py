@@ -1,0 +1,72 @@
+"""Admin HTTP on loopback: ``/healthz`` (JSON) and Prometheus ``/metrics``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dicom_node.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class AdminServer:
+    def __init__(
+        self, host: str, port: int, metrics: Metrics, health: Callable[[], dict[str, Any]]
+    ) -> None:
+        self._metrics = metrics
+        self._health = health
+        handler = self._handler_class()
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="admin-http", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("admin HTTP on http://%s:%d", *self._server.server_address[:2])
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        admin = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, CONTENT_TYPE_LATEST, generate_latest(admin._metrics.registry))
+                elif path == "/healthz":
+                    try:
+                        body = admin._health()
+                    except Exception as exc:  # the health check itself must not crash
+                        body = {"status": "error", "error": str(exc)}
+                    code = 200 if body.get("status") == "ok" else 503
+                    self._reply(code, "application/json", json.dumps(body).encode())
+                else:
+                    self._reply(404, "text/plain", b"not found\n")
+
+            def _reply(self, code: int, content_type: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("admin http: " + format, *args)
+
+        return Handler

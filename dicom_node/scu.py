@@ -1,0 +1,199 @@
+"""Sending results to the PACS: C-STORE with retries, then dead-letter.
+
+``StoreClient`` is the I/O seam (one association per batch, offering only the presentation
+contexts the files need); ``ResultSender`` owns the retry policy and the job-log updates.
+Success and warning statuses count as delivered (PS3.4 B.2.3: a warning means stored).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.status import code_to_category
+
+from dicom_node.config import PacsAddress, Settings
+from dicom_node.db import DONE, Delivery, JobLog, utcnow
+from dicom_node.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    """Outcome of one C-STORE: ``status`` None when no response came (association failed)."""
+
+    status: int | None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and code_to_category(self.status) in {"Success", "Warning"}
+
+
+class StoreTransport(Protocol):
+    def send(self, address: PacsAddress, files: Sequence[Path]) -> list[StoreResult]: ...
+
+
+class StoreClient:
+    """C-STORE SCU over pynetdicom."""
+
+    def __init__(self, calling_ae: str, timeout_seconds: float = 30.0) -> None:
+        self._calling_ae = calling_ae
+        self._timeout = timeout_seconds
+
+    def send(self, address: PacsAddress, files: Sequence[Path]) -> list[StoreResult]:
+        datasets: list[Dataset | None] = []
+        results: list[StoreResult | None] = []
+        for path in files:
+            try:
+                datasets.append(pydicom.dcmread(path))
+                results.append(None)
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                datasets.append(None)
+                results.append(StoreResult(None, f"cannot read result file: {exc}"))
+        ae = AE(ae_title=self._calling_ae)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._timeout
+        for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets if ds is not None}):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+        if not assoc.is_established:
+            reason = "association rejected" if assoc.is_rejected else "association failed"
+            return [r or StoreResult(None, f"{reason} by {address}") for r in results]
+        try:
+            for index, dataset in enumerate(datasets):
+                if dataset is None:
+                    continue
+                response = assoc.send_c_store(dataset)
+                status = getattr(response, "Status", None)
+                if status is None:
+                    results[index] = StoreResult(None, "no C-STORE response (aborted or timed out)")
+                else:
+                    ok = code_to_category(int(status)) in {"Success", "Warning"}
+                    error = None if ok else f"C-STORE failed with status 0x{int(status):04X}"
+                    results[index] = StoreResult(int(status), error)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return [r or StoreResult(None, "association ended early") for r in results]
+
+
+class ResultSender:
+    """Background thread that delivers pending results, with exponential backoff."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        joblog: JobLog,
+        metrics: Metrics,
+        transport: StoreTransport | None = None,
+    ) -> None:
+        self._settings = settings
+        self._joblog = joblog
+        self._metrics = metrics
+        self._transport = transport or StoreClient(
+            settings.ae_title, settings.network_timeout_seconds
+        )
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="sender", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                worked = self.send_due()
+            except Exception:
+                log.exception("sending results failed")
+                worked = False
+            if not worked:
+                self._wake.wait(POLL_SECONDS)
+                self._wake.clear()
+
+    def backoff(self, attempts: int) -> float:
+        """Seconds before retry number ``attempts`` + 1."""
+        base = self._settings.send_backoff_seconds * 2 ** max(attempts - 1, 0)
+        return float(min(base, self._settings.send_backoff_max_seconds))
+
+    def send_due(self) -> bool:
+        """One round: send the due deliveries of the oldest due job; False if none were due."""
+        deliveries = self._joblog.due_deliveries()
+        if not deliveries:
+            return False
+        by_destination: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_destination.setdefault(delivery.destination, []).append(delivery)
+        for destination, batch in by_destination.items():
+            address = PacsAddress.parse(destination)
+            results = self._transport.send(address, [Path(d.path) for d in batch])
+            for delivery, result in zip(batch, results, strict=True):
+                self._record(delivery, result, destination)
+        for job_id in sorted({d.job_id for d in deliveries}):
+            state = self._joblog.settle_job(job_id)
+            job = self._joblog.job(job_id)
+            if job is not None and job.finished_at is not None:
+                log.info("job %d %s", job_id, state)
+                if state == DONE:
+                    seconds = (job.finished_at - job.received_at).total_seconds()
+                    self._metrics.turnaround_seconds.labels(pipeline=job.pipeline or "").observe(
+                        seconds
+                    )
+        return True
+
+    def _record(self, delivery: Delivery, result: StoreResult, destination: str) -> None:
+        if result.delivered:
+            assert result.status is not None
+            self._joblog.delivery_sent(delivery.id, result.status)
+            self._metrics.deliveries.labels(outcome="sent").inc()
+            return
+        attempts = delivery.attempts + 1
+        error = result.error or "unknown error"
+        if attempts >= self._settings.send_max_attempts:
+            retry_at = None
+            self._metrics.deliveries.labels(outcome="dead").inc()
+            log.error(
+                "giving up on %s to %s after %d attempts: %s",
+                delivery.sop_instance_uid,
+                destination,
+                attempts,
+                error,
+            )
+        else:
+            retry_at = utcnow() + dt.timedelta(seconds=self.backoff(attempts))
+            self._metrics.deliveries.labels(outcome="retry").inc()
+            log.warning(
+                "sending %s to %s failed (attempt %d/%d, retry in %.1f s): %s",
+                delivery.sop_instance_uid,
+                destination,
+                attempts,
+                self._settings.send_max_attempts,
+                self.backoff(attempts),
+                error,
+            )
+        self._joblog.delivery_failed(delivery.id, result.status, error, retry_at)
