@@ -1,0 +1,109 @@
+"""What every output object shares: UIDs, series identity, equipment, algorithm identity.
+
+Result UIDs are derived (UUID-derived ``2.25.`` UIDs, PS3.5 B.2) from the source instances,
+the model's name and version and the kind of object: re-running a job after a crash or a
+``requeue`` produces the same UIDs, so the PACS keeps one copy; a late instance changes the
+source set and so produces a new result version.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM
+from dicom_node.pipelines.base import ModelInfo, OutputContext
+
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+
+# Series numbers of our outputs, high so they sort after the acquisition's series.
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+SEG_SERIES_NUMBER = 9903
+
+
+def derive_uid(*parts: str) -> str:
+    """A UID that depends only on ``parts`` (deterministic, collision-resistant)."""
+    return str(generate_uid(prefix=None, entropy_srcs=["dicom-node", *parts]))
+
+
+def source_key(sources: Iterable[Dataset]) -> str:
+    """One string for a set of source instances (order-independent)."""
+    return ",".join(sorted(str(ds.SOPInstanceUID) for ds in sources))
+
+
+@dataclass(frozen=True)
+class SeriesIdentity:
+    series_instance_uid: str
+    series_number: int
+    series_description: str
+
+
+def series_identity(
+    kind: str, number: int, model: ModelInfo, sources: Sequence[Dataset], context: OutputContext
+) -> SeriesIdentity:
+    """Series UID from the sources and model; description carries the research notice."""
+    uid = derive_uid("series", kind, model.name, model.version, source_key(sources))
+    version = f" v{context.result_version}" if context.result_version > 1 else ""
+    description = f"AI {kind}{version} {NOT_FOR_CLINICAL_USE}"
+    return SeriesIdentity(uid, number, description[:64])
+
+
+def instance_uid(kind: str, model: ModelInfo, *parts: str) -> str:
+    return derive_uid("instance", kind, model.name, model.version, *parts)
+
+
+def equipment_kwargs(model: ModelInfo, context: OutputContext, now: dt.datetime) -> dict[str, Any]:
+    """Keyword arguments every highdicom SOP class accepts: equipment, series date/time.
+
+    highdicom leaves Series Date/Time empty; Orthanc Explorer then files the series under "?".
+    Content Qualification RESEARCH marks the object as not a product result.
+    """
+    return {
+        "manufacturer_model_name": f"{model.name} {model.version}"[:64],
+        "software_versions": context.software_version,
+        "device_serial_number": "dicom-node",
+        "institution_name": context.institution_name,
+        "series_date": now.date(),
+        "series_time": now.time().replace(microsecond=0),
+        "content_qualification": hd.ContentQualificationValues.RESEARCH,
+        "coding_schemes": [PRIVATE_SCHEME_ITEM],
+    }
+
+
+def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification for SR measurement groups."""
+    return hd.sr.AlgorithmIdentification(
+        name=model.name, version=model.version, family=ALGORITHM_FAMILY, manufacturer="dicom-node"
+    )
+
+
+def algorithm_identification_sequence(model: ModelInfo) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm Identification Sequence for SEG segment descriptions."""
+    return hd.AlgorithmIdentificationSequence(
+        name=model.name, family=ALGORITHM_FAMILY, version=model.version, source="dicom-node"
+    )
+
+
+def device_observer(model: ModelInfo, context: OutputContext) -> hd.sr.ObserverContext:
+    """The SR's observer: this node running this model (a device, not a person)."""
+    return hd.sr.ObserverContext(
+        observer_type=hd.sr.CodedConcept.from_code(codes.DCM.Device),
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derive_uid("device", context.manufacturer, model.name),
+            name="dicom-node",
+            manufacturer_name=context.manufacturer,
+            model_name=f"{model.name} {model.version}"[:64],
+        ),
+    )
+
+
+def now_local() -> dt.datetime:
+    return dt.datetime.now().replace(microsecond=0)
