@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from dicom_node.config import ConfigError, PacsAddress, load_settings
+
+
+def test_defaults_match_the_documented_values() -> None:
+    settings = load_settings(environ={})
+    assert settings.ae_title == "AINODE"
+    assert settings.port == 11112
+    assert settings.pacs == PacsAddress("ORTHANC", "127.0.0.1", 4242)
+    assert settings.quiet_seconds("CR") < settings.quiet_seconds("CT")
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        'ae_title = "FROMFILE"\nport = 11000\nallowed_aes = ["PACS1"]\n'
+        "[quiet_seconds_by_modality]\nCR = 2\n"
+    )
+    env = {
+        "DICOM_NODE_PORT": "12000",
+        "DICOM_NODE_ALLOWED_AES": "ORTHANC, PACS2",
+        "DICOM_NODE_PACS": "MYPACS@pacs.local:104",
+        "DICOM_NODE_DATA_DIR": str(tmp_path / "data"),
+    }
+    settings = load_settings(config, environ=env, overrides={"port": "13000"})
+    assert settings.ae_title == "FROMFILE"
+    assert settings.port == 13000
+    assert settings.allowed_aes == ("ORTHANC", "PACS2")
+    assert settings.pacs == PacsAddress("MYPACS", "pacs.local", 104)
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.quiet_seconds("CR") == 2
+    assert settings.database_path == tmp_path / "data" / "jobs.sqlite"
+
+
+def test_study_quiet_seconds_applies_to_every_modality() -> None:
+    settings = load_settings(environ={"DICOM_NODE_STUDY_QUIET_SECONDS": "0.5"})
+    assert settings.quiet_seconds("CT") == settings.quiet_seconds("CR") == 0.5
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DICOM_NODE_PORT": "70000"}, "DICOM_NODE_PORT"),
+        ({"DICOM_NODE_PORT": "eleven"}, "DICOM_NODE_PORT"),
+        ({"DICOM_NODE_AE_TITLE": "A_TITLE_FAR_TOO_LONG"}, "DICOM_NODE_AE_TITLE"),
+        ({"DICOM_NODE_PACS": "orthanc:4242"}, "DICOM_NODE_PACS"),
+        ({"DICOM_NODE_ALLOWED_AES": "OK,BAD\\AE"}, "DICOM_NODE_ALLOWED_AES"),
+        ({"DICOM_NODE_STUDY_QUIET_SECONDS": "-1"}, "DICOM_NODE_STUDY_QUIET_SECONDS"),
+        ({"DICOM_NODE_FSYNC": "maybe"}, "DICOM_NODE_FSYNC"),
+    ],
+)
+def test_invalid_values_name_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(environ=env)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text("ae_titel = 'TYPO'\n")
+    with pytest.raises(ConfigError, match="ae_titel"):
+        load_settings(config, environ={})
+
+
+def test_pacs_can_be_switched_off() -> None:
+    assert load_settings(environ={"DICOM_NODE_PACS": "none"}).pacs is None

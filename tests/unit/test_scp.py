@@ -1,0 +1,184 @@
+"""The Storage SCP over real associations on loopback (pynetdicom as the sending modality)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    ComputedRadiographyImageStorage,
+    MRImageStorage,
+    Verification,
+)
+
+from dicom_node.config import Settings
+from dicom_node.db import JobLog, RecordOutcome
+from dicom_node.devtools.net import free_port
+from dicom_node.metrics import Metrics
+from dicom_node.scp import Intake, start_scp
+from tests.factories import small_cr
+
+
+@dataclasses.dataclass
+class RunningScp:
+    settings: Settings
+    joblog: JobLog
+    metrics: Metrics
+    armed: list[RecordOutcome]
+
+
+def _start(tmp_path: Path, **overrides: object) -> Iterator[RunningScp]:
+    values: dict[str, object] = {"fsync": False, "min_free_disk_mb": 0, **overrides}
+    settings = Settings(data_dir=tmp_path / "data", port=free_port(), **values)  # type: ignore[arg-type]
+    joblog = JobLog.open(settings.database_path)
+    metrics = Metrics()
+    armed: list[RecordOutcome] = []
+    server = start_scp(settings, Intake(settings, joblog, metrics, armed.append))
+    try:
+        yield RunningScp(settings, joblog, metrics, armed)
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def scp(tmp_path: Path) -> Iterator[RunningScp]:
+    yield from _start(tmp_path, allowed_aes=("MODALITY",))
+
+
+def send(scp: RunningScp, dataset: Dataset, calling_ae: str = "MODALITY") -> int:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(dataset.SOPClassUID)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    assert assoc.is_established
+    status = assoc.send_c_store(dataset)
+    assoc.release()
+    return int(status.Status)
+
+
+def echo(scp: RunningScp) -> int:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    return int(status.Status)
+
+
+def test_store_writes_the_bytes_and_records_the_instance(scp: RunningScp) -> None:
+    dataset = small_cr()
+    assert send(scp, dataset) == 0x0000
+    [instance] = scp.joblog.study_instances(scp.armed[0].job_id)
+    stored = pydicom.dcmread(instance.path)
+    assert stored.SOPInstanceUID == dataset.SOPInstanceUID
+    assert stored.PixelData == dataset.PixelData
+    assert instance.modality == "CR" and instance.body_part == "CHEST"
+    assert instance.calling_ae == "MODALITY"
+    assert not list(Path(instance.path).parent.glob(".tmp-*"))  # atomic: no leftovers
+
+
+def test_instances_of_one_study_share_a_job_and_rearm_the_timer(scp: RunningScp) -> None:
+    first = small_cr()
+    second = small_cr()
+    second.StudyInstanceUID = first.StudyInstanceUID
+    assert send(scp, first) == send(scp, second) == 0x0000
+    assert [o.job_id for o in scp.armed] == [scp.armed[0].job_id] * 2
+    assert scp.joblog.job(scp.armed[0].job_id).instance_count == 2  # type: ignore[union-attr]
+
+
+def test_resent_instance_replaces_the_file_without_a_new_job(scp: RunningScp) -> None:
+    dataset = small_cr()
+    assert send(scp, dataset) == send(scp, dataset) == 0x0000
+    assert scp.armed[1].duplicate
+    assert len(scp.joblog.study_instances(scp.armed[0].job_id)) == 1
+
+
+def test_unknown_calling_ae_is_refused_at_association(scp: RunningScp) -> None:
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    assert assoc.is_rejected
+    assert echo(scp) == 0x0000  # still serving
+
+
+def test_wrong_called_ae_is_refused(scp: RunningScp) -> None:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title="SOMEONEELSE")
+    assert assoc.is_rejected
+
+
+def test_unsupported_sop_class_is_not_negotiated(scp: RunningScp) -> None:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(MRImageStorage)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    assert assoc.is_established
+    assert [c.abstract_syntax for c in assoc.accepted_contexts] == [Verification]
+    assert [c.abstract_syntax for c in assoc.rejected_contexts] == [MRImageStorage]
+    assoc.release()
+
+
+@pytest.mark.parametrize(
+    ("damage", "status", "reason"),
+    [
+        (lambda ds: delattr(ds, "StudyInstanceUID"), 0xA900, "StudyInstanceUID is missing"),
+        (lambda ds: setattr(ds, "SeriesInstanceUID", "1.2.abc"), 0xA900, "not a valid UID"),
+        (lambda ds: delattr(ds, "PixelData"), 0xA900, "Pixel Data (7FE0,0010) is missing"),
+        (
+            lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 2]),
+            0xC000,
+            "Pixel Data truncated",
+        ),
+    ],
+)
+def test_bad_datasets_get_a_failure_status_a_log_entry_and_are_kept(
+    scp: RunningScp, damage: object, status: int, reason: str
+) -> None:
+    dataset = small_cr()
+    damage(dataset)  # type: ignore[operator]
+    assert send(scp, dataset) == status
+    [row] = scp.joblog.job_rows()
+    assert row.state == "rejected"
+    assert reason in (row.error or "")
+    assert scp.armed == []
+    quarantined = list(scp.settings.quarantine_dir.glob("*.dcm"))
+    assert len(quarantined) == 1  # nothing is lost: the bytes are kept for inspection
+    assert echo(scp) == 0x0000  # the node keeps serving
+
+
+def test_full_disk_is_refused_with_out_of_resources(tmp_path: Path) -> None:
+    for scp in _start(tmp_path, min_free_disk_mb=10**9):
+        assert send(scp, small_cr()) == 0xA700
+        [row] = scp.joblog.job_rows()
+        assert "free disk space" in (row.error or "")
+
+
+def test_metrics_count_received_and_rejected(scp: RunningScp) -> None:
+    send(scp, small_cr())
+    bad = small_cr()
+    del bad.PixelData
+    send(scp, bad)
+    received = scp.metrics.registry.get_sample_value(
+        "dicom_node_received_instances_total", {"modality": "CR"}
+    )
+    rejected = scp.metrics.registry.get_sample_value(
+        "dicom_node_rejected_instances_total", {"reason": "invalid_dataset"}
+    )
+    assert received == 1 and rejected == 1
+
+
+def test_computed_radiography_context_accepts_compressed_syntaxes(scp: RunningScp) -> None:
+    from pydicom.uid import JPEG2000Lossless
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComputedRadiographyImageStorage, [JPEG2000Lossless])
+    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    assert [c.transfer_syntax[0] for c in assoc.accepted_contexts] == [JPEG2000Lossless]
+    assoc.release()

@@ -1,0 +1,181 @@
+"""Result delivery over real associations: statuses, retries with backoff, dead letters."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from dicom_node.config import PacsAddress, Settings
+from dicom_node.db import DEAD, DONE, SENDING, JobLog, utcnow
+from dicom_node.devtools.net import free_port
+from dicom_node.metrics import Metrics
+from dicom_node.outputs.xray import build_xray_outputs
+from dicom_node.pipelines.base import ModelInfo, OutputContext
+from dicom_node.scu import ResultSender
+from dicom_node.worker import Worker
+from tests.factories import small_cr, synthetic_xray_finding
+
+MODEL = ModelInfo("test_model", "0.0.1", ("covid", "normal", "pneumonia_bac"))
+
+
+class FakePacsScp:
+    """A real pynetdicom Storage SCP that answers with ``status`` and keeps what it got."""
+
+    def __init__(self, port: int, status: int = 0x0000) -> None:
+        self.port = port
+        self.status = status
+        self.received: list[Dataset] = []
+        self.calling_aes: list[str] = []
+        self._server = None
+
+    def start(self) -> None:
+        ae = AE(ae_title="PACS")
+        ae.supported_contexts = AllStoragePresentationContexts
+
+        def handle(event: evt.Event) -> int:
+            self.received.append(event.dataset)
+            self.calling_aes.append(event.assoc.requestor.ae_title)
+            return self.status
+
+        self._server = ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)]
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+
+@pytest.fixture
+def pacs_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def pacs(pacs_port: int) -> Iterator[FakePacsScp]:
+    server = FakePacsScp(pacs_port)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _sending_job(
+    tmp_path: Path, pacs_port: int, **overrides: object
+) -> tuple[Settings, JobLog, int]:
+    """A job that has been processed and waits for delivery of a real SR and SC."""
+    values: dict[str, object] = {
+        "fsync": False,
+        "send_backoff_seconds": 0.05,
+        "send_max_attempts": 3,
+        **overrides,
+    }
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        pacs=PacsAddress("PACS", "127.0.0.1", pacs_port),
+        **values,  # type: ignore[arg-type]
+    )
+    joblog = JobLog.open(settings.database_path)
+    source = small_cr()
+    from dicom_node.db import InstanceRecord
+
+    outcome = joblog.record_instance(
+        InstanceRecord(
+            str(source.StudyInstanceUID),
+            str(source.SeriesInstanceUID),
+            str(source.SOPInstanceUID),
+            str(source.SOPClassUID),
+            "1.2.840.10008.1.2.1",
+            "CR",
+            "CHEST",
+            None,
+            None,
+            "MODALITY",
+            "/nonexistent",
+            0,
+        )
+    )
+    assert joblog.complete_job(outcome.job_id, "xray", None, utcnow())
+    job = joblog.claim_next_job()
+    assert job is not None
+    outputs = build_xray_outputs(synthetic_xray_finding(source), [source], OutputContext(), MODEL)
+    worker = Worker(settings, joblog, None, Metrics(), lambda: None)  # type: ignore[arg-type]
+    written = [worker._write_output(str(source.StudyInstanceUID), ds) for ds in outputs]
+    joblog.processed(job.id, MODEL.name, MODEL.version, "{}", written, str(settings.pacs))
+    return settings, joblog, job.id
+
+
+def _drain(sender: ResultSender, joblog: JobLog, job_id: int, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sender.send_due()
+        job = joblog.job(job_id)
+        assert job is not None
+        if job.state != SENDING:
+            return job.state
+        time.sleep(0.02)
+    raise AssertionError("job still sending")
+
+
+def test_results_are_delivered_with_our_ae_title(
+    tmp_path: Path, pacs: FakePacsScp, pacs_port: int
+) -> None:
+    settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
+    metrics = Metrics()
+    sender = ResultSender(settings, joblog, metrics)
+    assert _drain(sender, joblog, job_id) == DONE
+    assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SR"]
+    assert set(pacs.calling_aes) == {"AINODE"}
+    assert (
+        metrics.registry.get_sample_value(
+            "dicom_node_turnaround_seconds_count", {"pipeline": "xray"}
+        )
+        == 1
+    )
+
+
+def test_warning_status_counts_as_delivered(
+    tmp_path: Path, pacs: FakePacsScp, pacs_port: int
+) -> None:
+    pacs.status = 0xB000  # Coercion of data elements: stored with changes
+    settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
+    assert _drain(ResultSender(settings, joblog, Metrics()), joblog, job_id) == DONE
+
+
+def test_failure_status_retries_then_dead_letters(
+    tmp_path: Path, pacs: FakePacsScp, pacs_port: int
+) -> None:
+    pacs.status = 0xA700
+    settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
+    assert _drain(ResultSender(settings, joblog, Metrics()), joblog, job_id) == DEAD
+    job = joblog.job(job_id)
+    assert job is not None and "0xA700" in (job.error or "")
+    assert len(pacs.received) == 2 * settings.send_max_attempts
+    # An admin requeue re-runs the job (deterministic UIDs: no duplicates at the PACS).
+    assert joblog.requeue() == [job_id]
+
+
+def test_pacs_down_then_up_delivers(tmp_path: Path, pacs_port: int) -> None:
+    settings, joblog, job_id = _sending_job(tmp_path, pacs_port, send_max_attempts=50)
+    sender = ResultSender(settings, joblog, Metrics())
+    assert sender.send_due()  # attempt 1: connection refused
+    delivery = joblog.due_deliveries()
+    job = joblog.job(job_id)
+    assert job is not None and job.state == SENDING and delivery == []  # waiting for backoff
+    pacs = FakePacsScp(pacs_port)
+    pacs.start()
+    try:
+        assert _drain(sender, joblog, job_id) == DONE
+        assert len(pacs.received) == 2
+    finally:
+        pacs.stop()
+
+
+def test_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, send_backoff_seconds=2, send_backoff_max_seconds=10)
+    sender = ResultSender(settings, None, Metrics())  # type: ignore[arg-type]
+    assert [sender.backoff(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
