@@ -1,0 +1,43 @@
+# dicom-node: `make demo` runs the whole path on this machine, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= cpu,train,dev
+
+.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-ct clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+demo: install system-deps
+	$(PY) -m dicom_node.devtools.demo
+
+test: install system-deps
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install system-deps
+	$(PY) -m pytest tests/integration
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: install system-deps
+	$(PY) bench/bench_scp.py
+	$(PY) bench/bench_xray.py
+	$(PY) bench/bench_ct.py
+
+clean:
+	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

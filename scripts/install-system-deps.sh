@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Debian packages the demo and the tests use: Orthanc (the PACS) with its DICOMweb plugin,
+# DCMTK (third-party DICOM clients) and dicom3tools (dciodvfy, the IOD validator).  Installs only what is missing.
+set -euo pipefail
+need=()
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+# DICOMweb lets a web viewer (OHIF) read the results from Orthanc.
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing Debian packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian package may start a system Orthanc on 4242/8042; the demo runs its own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
+  $sudo systemctl stop orthanc || true
+fi
