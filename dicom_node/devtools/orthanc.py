@@ -150,7 +150,9 @@ class OrthancServer:
                     {
                         "id": instance_id,
                         "series": series["MainDicomTags"],
-                        "remote_aet": self.get(f"/instances/{instance_id}/metadata/RemoteAET").decode(),
+                        "remote_aet": self.get(
+                            f"/instances/{instance_id}/metadata/RemoteAET"
+                        ).decode(),
                     }
                 )
         return found

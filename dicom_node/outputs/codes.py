@@ -38,7 +38,7 @@ def probability_concept(class_key: str) -> CodedConcept:
     )
 
 
-FINDING = codes.DCM.Finding  # (121071, DCM): name of the qualitative evaluation
+FINDING = codes.DCM.Finding  # (121071, DCM)
 PROBABILITY = codes.DCM.Probability  # (122157, DCM)
 ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # (123110, DCM)
 REPORT_TITLE = codes.cid7021.ImagingMeasurementReport  # (126000, DCM)

@@ -9,6 +9,7 @@ source set and so produces a new result version.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,6 @@ from typing import Any
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM
 from dicom_node.pipelines.base import ModelInfo, OutputContext
@@ -29,9 +29,18 @@ SC_SERIES_NUMBER = 9902
 SEG_SERIES_NUMBER = 9903
 
 
+# Namespace of our name-based (RFC 4122 version 5) UUIDs.
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/dicom-node/dicom-node")
+
+
 def derive_uid(*parts: str) -> str:
-    """A UID that depends only on ``parts`` (deterministic, collision-resistant)."""
-    return str(generate_uid(prefix=None, entropy_srcs=["dicom-node", *parts]))
+    """A UID that depends only on ``parts``: ``2.25.`` + a name-based UUID (PS3.5 B.2).
+
+    (pydicom's ``generate_uid(prefix=None, ...)`` ignores its entropy sources and returns a
+    random UUID, so it cannot be used here.)
+    """
+    name = "\x1f".join(parts)
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
 def source_key(sources: Iterable[Dataset]) -> str:

@@ -21,8 +21,6 @@ from dicom_node import RESEARCH_NOTICE
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
     CLASS_DISPLAY_NAME,
-    CLINICAL_FINDING,
-    FINDING,
     FINDING_BY_CLASS,
     LUNG,
     PROCEDURE_CHEST_XRAY,
@@ -132,22 +130,20 @@ def _measurement_group(
             name=probability_concept(key),
             value=round(float(image.probabilities[key]), 6),
             unit=UNIT_NONE,
-            algorithm_id=algorithm,
         )
         for key in model.classes or tuple(image.probabilities)
     ]
-    label = FINDING_BY_CLASS[image.label]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid("tracking", model.name, model.version, image.source_sop_instance_uid),
             identifier=f"{CLASS_DISPLAY_NAME[image.label]} (AI, unverified)",
         ),
         referenced_region=region,
-        finding_type=CLINICAL_FINDING,
+        # The predicted class is the group's Finding (TID 1410 row "Finding").
+        finding_type=FINDING_BY_CLASS[image.label],
         finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=FINDING, value=label)],
     )
 
 

@@ -1,0 +1,55 @@
+"""Read our X-ray SR back (demo output and test assertions), through highdicom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom import Dataset
+
+from dicom_node.outputs.codes import FINDING_BY_CLASS
+
+
+@dataclass(frozen=True)
+class XrayReportImage:
+    source_sop_instance_uid: str
+    label: str
+    probabilities: dict[str, float]
+    region_type: str
+    region_points: int
+    algorithm: str
+
+
+def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
+    """One entry per measurement group (= per analysed radiograph)."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    class_by_code = {concept.value: key for key, concept in FINDING_BY_CLASS.items()}
+    images = []
+    for group in report.content.get_planar_roi_measurement_groups():
+        probabilities = {}
+        for measurement in group.get_measurements():
+            key = str(measurement.name.value).removeprefix("P-").lower()
+            probabilities[key] = float(measurement.value)
+        finding = group.finding_type
+        roi = group.roi
+        assert roi is not None
+        reference = roi.ContentSequence[0].ReferencedSOPSequence[0]
+        algorithm = next(
+            (
+                str(item.TextValue)
+                for item in group[0].ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeValue == "111001"  # Algorithm Name
+            ),
+            "",
+        )
+        images.append(
+            XrayReportImage(
+                source_sop_instance_uid=str(reference.ReferencedSOPInstanceUID),
+                label=class_by_code[str(finding.value)],
+                probabilities=probabilities,
+                region_type=str(roi.GraphicType),
+                region_points=len(roi.GraphicData) // 2,
+                algorithm=algorithm,
+            )
+        )
+    return images
