@@ -1,0 +1,232 @@
+"""The one image preprocessing shared by training and the node (no train/serve skew).
+
+Every image goes through two steps, whatever its format:
+
+1. **Display image** (:func:`dataset_to_display`, :func:`pil_to_display`, :func:`read_image`):
+   what a viewer shows, as float32 in [0, 1], MONOCHROME2 (bright = dense).  DICOM: Modality LUT,
+   then VOI LUT or windowing from the header (full stored range when there is none), then
+   MONOCHROME1 is inverted.  PNG/JPEG: the stored grey levels (8 or 16 bit, colour as luminance).
+2. **Model input** (:func:`to_model_input`): squashed to a square ``size x size`` (the data set's
+   sources differ in aspect ratio, which must not be a cue), then a robust intensity stretch
+   between low/high percentiles of the central region, so that exposure, windowing and frames
+   differ less between sources.
+
+Training calls :func:`read_image` + :func:`to_model_input` on the PNGs; the node calls
+:func:`dataset_to_display` + :func:`to_model_input` on DICOM.  A test checks that the same picture
+gives the same input both ways.  CT slices in Hounsfield units use :func:`lung_window`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+# Lung window used to render CT for the CT slice classifier, in HU.  It is the window the data
+# set's README uses to render its CT DICOM slices (-1350..150 HU, i.e. centre -600, width 1500).
+LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
+
+# Robust intensity stretch: percentiles of the central part of the (resized) image, where the
+# chest is; the margins often hold frames, labels and collimation that should not set the scale.
+DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.0)
+DEFAULT_CENTRAL_MARGIN = 0.1
+
+
+class PreprocessingError(ValueError):
+    """The file or dataset is not an image this node can analyse (message is user-facing)."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image: ``display`` is float32 in [0, 1], MONOCHROME2, shape (rows, columns)."""
+
+    path: Path | None
+    display: np.ndarray
+    dataset: Dataset | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.display.shape[0]), int(self.display.shape[1]))
+
+
+def display_to_uint8(display: np.ndarray) -> np.ndarray:
+    """The display image as 8-bit MONOCHROME2 (what a viewer shows)."""
+    return np.rint(np.clip(display, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _voi_output_range(ds: Dataset) -> tuple[float, float]:
+    """Output range of the dataset's VOI transform, found by probing it with extreme inputs.
+
+    pydicom's windowing maps into the stored value range (adjusted by rescale) and a VOI LUT into
+    its entries; probing gives that range without re-implementing the standard's rules.
+    """
+    probe = np.array([-(2**31), 2**31 - 1], dtype=np.int64)
+    lo, hi = (float(v) for v in apply_voi_lut(probe, ds, index=0))
+    return (min(lo, hi), max(lo, hi))
+
+
+def dataset_to_display(ds: Dataset) -> np.ndarray:
+    """DICOM -> display image: Modality LUT, VOI LUT/windowing, MONOCHROME1 inverted; [0, 1]."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise PreprocessingError("the DICOM object has no pixel data")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise PreprocessingError(f"multi-frame images ({frames} frames) are not supported")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for unsupported encodings
+        raise PreprocessingError(f"cannot decode the pixel data: {exc}") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if pixels.ndim == 3:
+        # Colour radiographs (rare, e.g. secondary captures): pydicom returns RGB.
+        if pixels.shape[-1] != 3:
+            raise PreprocessingError(f"unsupported pixel array shape {pixels.shape}")
+        grey = pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return _minmax(grey) if pixels.dtype != np.uint8 else grey / np.float32(255.0)
+    if pixels.ndim != 2:
+        raise PreprocessingError(f"unsupported pixel array shape {pixels.shape}")
+
+    values = apply_modality_lut(pixels, ds)
+    if "WindowCenter" in ds or "VOILUTSequence" in ds:
+        lo, hi = _voi_output_range(ds)
+        windowed = apply_voi_lut(values, ds, index=0)
+        display = (np.asarray(windowed, dtype=np.float32) - np.float32(lo)) / np.float32(
+            max(hi - lo, 1e-6)
+        )
+        display = np.clip(display, 0.0, 1.0)
+    else:
+        display = _minmax(np.asarray(values, dtype=np.float32))
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    return display.astype(np.float32, copy=False)
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, np.float32)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def pil_to_display(image: Image.Image) -> np.ndarray:
+    """PNG/JPEG -> display image in [0, 1]: stored grey levels; colour as luminance.
+
+    Transparent images are composited on black, as the training data set was built.
+    """
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float32)
+        # 16-bit PNGs carry no window: use the stored range (the model input is stretched anyway).
+        return _minmax(values)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, rgba)
+    grey = image.convert("L") if image.mode != "L" else image
+    return np.asarray(grey, dtype=np.float32) / np.float32(255.0)
+
+
+def read_image(path: Path) -> LoadedImage:
+    """Read a DICOM, PNG or JPEG file into a display image; ``PreprocessingError`` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise PreprocessingError(f"{path} is not a file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return LoadedImage(path=path, display=pil_to_display(image))
+    except (UnidentifiedImageError, OSError):
+        pass  # not a PIL image: try DICOM
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise PreprocessingError(f"{path.name}: neither a DICOM nor a PNG/JPEG image") from exc
+    return LoadedImage(path=path, display=dataset_to_display(ds), dataset=ds)
+
+
+def robust_stretch(
+    image: np.ndarray,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    margin: float = DEFAULT_CENTRAL_MARGIN,
+) -> np.ndarray:
+    """Stretch ``image`` so the given percentiles of its central region map to 0 and 1."""
+    rows, cols = image.shape
+    dr, dc = int(rows * margin), int(cols * margin)
+    core = image[dr : rows - dr, dc : cols - dc]
+    lo, hi = np.percentile(core, percentiles)
+    if hi - lo < 1e-4:  # a flat image: nothing to stretch
+        return np.zeros_like(image, dtype=np.float32)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize to ``size x size`` ignoring aspect ratio (antialiased bilinear, float32)."""
+    if image.shape == (size, size):
+        return image.astype(np.float32, copy=False)
+    resized = Image.fromarray(image.astype(np.float32, copy=False), mode="F").resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized, dtype=np.float32)
+
+
+def to_model_input(
+    display: np.ndarray,
+    size: int,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    margin: float = DEFAULT_CENTRAL_MARGIN,
+) -> np.ndarray:
+    """Display image (float [0, 1], any shape) -> model input, float32 ``(size, size, 1)``."""
+    if display.ndim != 2:
+        raise PreprocessingError(f"expected a 2-D grey image, got shape {display.shape}")
+    square = resize_square(display, size)
+    return robust_stretch(square, percentiles, margin)[..., np.newaxis]
+
+
+def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW_HU) -> np.ndarray:
+    """Hounsfield units -> [0, 1] in the lung window (``LUNG_WINDOW_HU`` by default)."""
+    lo, hi = window
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def hu_slice_to_display(
+    hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW_HU, crop_body: bool = True
+) -> np.ndarray:
+    """A CT slice in HU -> display image like the training PNGs: cropped to the body, lung window.
+
+    Feed the result to :func:`to_model_input`, as for any other display image.
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    if hu.ndim != 2:
+        raise PreprocessingError(f"expected one 2-D slice, got shape {hu.shape}")
+    if crop_body:
+        r0, r1, c0, c1 = body_bounding_box(hu)
+        hu = hu[r0:r1, c0:c1]
+    return lung_window(hu, window)
+
+
+def body_bounding_box(hu: np.ndarray, threshold_hu: float = -500.0) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1) of the largest body region of a CT slice (air and table excluded).
+
+    The training CT slices are tight crops around the body; cropping DICOM slices the same way
+    keeps their geometry comparable.  Falls back to the whole slice when no body is found.
+    """
+    from scipy import ndimage
+
+    mask = np.asarray(hu) > threshold_hu
+    mask = ndimage.binary_opening(mask, iterations=2)
+    labels, count = ndimage.label(mask)
+    rows, cols = mask.shape
+    if count == 0:
+        return (0, rows, 0, cols)
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    largest = int(np.argmax(sizes)) + 1
+    if sizes[largest - 1] < 0.02 * mask.size:
+        return (0, rows, 0, cols)
+    found = ndimage.find_objects((labels == largest).astype(np.int32))[0]
+    return (found[0].start, found[0].stop, found[1].start, found[1].stop)
