@@ -1,0 +1,1 @@
+"""Training, evaluation and model cards for the models shipped under ``models/``."""

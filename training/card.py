@@ -1,0 +1,140 @@
+"""Model card: ``model_card.json`` (machine-readable, read by the node) and ``model_card.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None so the JSON is standard; tuples -> lists."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(card: Mapping[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(_clean(card), indent=2, sort_keys=False) + "\n")
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _ci(values: Any) -> str:
+    if not values or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
+        return "n/a"
+    return f"{values[0]:.3f}-{values[1]:.3f}"
+
+
+def _split_section(name: str, metrics: Mapping[str, Any], classes: list[str]) -> list[str]:
+    lines = [
+        f"### {name} split (n = {metrics['n']})",
+        "",
+        f"- Accuracy {_f(metrics['accuracy'])} (95% CI {_ci(metrics['accuracy_ci95'])})",
+        f"- Macro one-vs-rest ROC AUC {_f(metrics['macro_roc_auc'])} "
+        f"(95% CI {_ci(metrics['macro_roc_auc_ci95'])}, patient-grouped bootstrap)",
+        f"- Expected calibration error (top label, 10 bins, after temperature scaling) "
+        f"{_f(metrics['ece'])}",
+        "",
+        "| class | n | sensitivity (95% CI) | specificity (95% CI) | ROC AUC (95% CI) |",
+        "|---|---:|---|---|---|",
+    ]
+    for cls in classes:
+        m = metrics["per_class"][cls]
+        lines.append(
+            f"| {cls} | {m['n']} | {_f(m['sensitivity'])} ({_ci(m['sensitivity_ci95'])}) | "
+            f"{_f(m['specificity'])} ({_ci(m['specificity_ci95'])}) | "
+            f"{_f(m['roc_auc'])} ({_ci(m['roc_auc_ci95'])}) |"
+        )
+    lines += [
+        "",
+        "Confusion matrix (rows true, columns predicted, order "
+        f"{', '.join(classes)}): `{metrics['confusion_matrix']}`",
+        "",
+    ]
+    lines += [
+        "Per source (accuracy, and how each true class was labelled):",
+        "",
+        "| source | n | accuracy (95% CI) | macro AUC | predicted labels by true class |",
+        "|---|---:|---|---|---|",
+    ]
+    for source, s in metrics["per_source"].items():
+        rows = "; ".join(
+            f"{true}: " + ", ".join(f"{p} {n}" for p, n in preds.items() if n)
+            for true, preds in s["predicted_by_true_class"].items()
+        )
+        lines.append(
+            f"| {source} | {s['n']} | {_f(s['accuracy'])} ({_ci(s['accuracy_ci95'])}) | "
+            f"{_f(s['macro_roc_auc'])} | {rows} |"
+        )
+    return [*lines, ""]
+
+
+def write_markdown(card: Mapping[str, Any], path: Path) -> None:
+    classes = list(card["classes"])
+    t = card["training"]
+    lines = [
+        f"# Model card: {card['name']} {card['version']}",
+        "",
+        f"**{card['title']}.** Research use only: not for diagnosis or any clinical decision.",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Model",
+        "",
+        f"- Architecture: {card['architecture']['description']} "
+        f"({card['architecture']['parameters']:,} parameters)",
+        f"- Weights: {card['architecture']['weights_provenance']}",
+        f"- Classes (output order): {', '.join(classes)}",
+        f"- Input: {card['input']['size']}x{card['input']['size']} grey, "
+        f"{card['input']['description']}",
+        f"- Temperature (fitted on validation): {_f(card['temperature'])}",
+        f"- Grad-CAM layer: `{card['gradcam_layer']}`",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{t['command']}`",
+        f"- Seed {t['seed']}; epochs run {t['epochs_run']} (best {t['best_epoch']}); "
+        f"batch {t['batch_size']}; {t['optimizer']} lr {t['learning_rate']}",
+        f"- Class weighting: {t['class_weighting']}",
+        f"- Augmentation: `{json.dumps(t['augmentation'])}`",
+        f"- Duration: {t['duration_s']:.0f} s on {t['machine']}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}",
+        "",
+        "## Data",
+        "",
+        f"- `manifest.csv` SHA-256 `{card['data']['manifest_sha256']}`",
+        f"- Images per split and class: `{json.dumps(card['data']['split_counts'])}`",
+        f"- Training images per source: `{json.dumps(card['data']['train_sources'])}`",
+        "",
+        "## Results",
+        "",
+    ]
+    for split, metrics in card["metrics"].items():
+        lines += _split_section(split, metrics, classes)
+    for title, section in card.get("extra_evaluations", {}).items():
+        lines += [
+            f"### {title}",
+            "",
+            section["description"],
+            "",
+            f"```json\n{json.dumps(_clean(section['results']), indent=1)}\n```",
+            "",
+        ]
+    lines += ["## Limitations", ""]
+    lines += [f"- {item}" for item in card["limitations"]]
+    lines += ["", "## Plots", ""]
+    lines += [f"- [{name}]({name})" for name in card["plots"]]
+    path.write_text("\n".join(lines) + "\n")
