@@ -1,0 +1,267 @@
+"""``dicom-node classify``: ad-hoc classification of DICOM, PNG or JPEG files.
+
+Each input is a file or a directory (one DICOM series).  The pipeline is ``--pipeline`` or
+guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else -> ``xray``
+(give ``--pipeline ct`` for PNG/JPEG CT slices).
+
+- ``xray``: one radiograph per file (a directory: its frontal radiographs as one study, labelled
+  by the most confident image); probabilities for ``covid``, ``normal``, ``pneumonia_bac``.
+- ``ct``: a PNG/JPEG slice or a single CT DICOM slice -> the slice classifier's
+  ``covid_probability``; a directory (a series) -> the CT pipeline
+  (:mod:`dicom_node.pipelines.ct`).
+
+Output: one line per input (``--json``: one JSON object per line; failures are objects with an
+``error`` key).  Errors are also written to ``err``; the exit code is 1 when any input failed,
+and the other inputs are still classified.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dicom_node.model_store import ModelStoreError
+from dicom_node.pipelines.base import PipelineError
+from dicom_node.preprocessing import LoadedImage, PreprocessingError, read_image
+
+PIPELINES = ("xray", "ct")
+CHUNK = 16  # x-ray files classified per batch (bounds memory for large radiographs)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class ClassifyError(Exception):
+    """A per-input failure with a user-facing message."""
+
+
+@dataclass
+class _Job:
+    index: int
+    path: Path
+    pipeline: str
+    image: LoadedImage | None = None  # a decoded file (not for directories)
+
+
+def _dicom_modality(path: Path) -> str | None:
+    """Modality of a DICOM file (header only), None when it is not DICOM."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        return None
+    return str(ds.get("Modality", "")).upper()
+
+
+def _series_files(directory: Path) -> list[Path]:
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
+    dicom = [p for p in files if _dicom_modality(p) is not None]
+    if not dicom:
+        raise ClassifyError("the directory holds no DICOM files")
+    return dicom
+
+
+def _guess_pipeline(path: Path, image: LoadedImage | None) -> str:
+    if path.is_dir():
+        first = _series_files(path)[0]
+        return "ct" if _dicom_modality(first) == "CT" else "xray"
+    if image is not None and image.dataset is not None:
+        return "ct" if str(image.dataset.get("Modality", "")).upper() == "CT" else "xray"
+    return "xray"
+
+
+def _write_heatmap(heatmap_dir: Path, path: Path, finding: Any) -> Path:
+    from dicom_node.outputs import render
+
+    heatmap_dir.mkdir(parents=True, exist_ok=True)
+    rgb = render.blend_heatmap(finding.display_image, finding.heatmap)
+    rgb = render.draw_outline(rgb, finding.hot_region)
+    target = heatmap_dir / f"{path.stem}_heatmap.png"
+    from PIL import Image
+
+    Image.fromarray(render.fit_within(rgb, 1024)).save(target)
+    return target
+
+
+def _xray_record(finding: Any, model: Any) -> dict[str, Any]:
+    return {
+        "label": finding.label,
+        "probabilities": {k: round(float(v), 4) for k, v in finding.probabilities.items()},
+        "model": {"name": model.name, "version": model.version},
+    }
+
+
+class _Runner:
+    """Loads each model once, on first use (TensorFlow import and loading take seconds)."""
+
+    def __init__(self, heatmap_dir: Path | None) -> None:
+        self.heatmap_dir = heatmap_dir
+        self._xray: Any = None
+        self._slices: Any = None
+
+    def xray(self) -> Any:
+        if self._xray is None:
+            from dicom_node.pipelines.xray import XrayPipeline
+
+            self._xray = XrayPipeline.load()
+        return self._xray
+
+    def slices(self) -> Any:
+        if self._slices is None:
+            from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
+
+            self._slices = CtSliceClassifier.load()
+        return self._slices
+
+    def xray_files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        pipeline = self.xray()
+        images = [job.image for job in jobs if job.image is not None]
+        prepared = pipeline.prepare_images(images)
+        finding = pipeline.postprocess(pipeline.predict(prepared), prepared)
+        results = []
+        for job, image_finding in zip(jobs, finding.images, strict=True):
+            record = _xray_record(image_finding, pipeline.model_info)
+            if self.heatmap_dir is not None:
+                record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, image_finding))
+            results.append(record)
+        return results
+
+    def xray_series(self, job: _Job) -> dict[str, Any]:
+        from dicom_node.pipelines.xray import most_confident
+
+        pipeline = self.xray()
+        datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
+        finding = pipeline.run(datasets)
+        best = most_confident(finding)
+        record = _xray_record(best, pipeline.model_info)
+        record["images"] = pipeline.summarise(finding)["images"]
+        if self.heatmap_dir is not None:
+            record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, best))
+        return record
+
+    def ct_slice(self, job: _Job) -> dict[str, Any]:
+        from pydicom.pixels import apply_modality_lut
+
+        classifier = self.slices()
+        image = job.image
+        assert image is not None
+        if image.dataset is not None:
+            modality = str(image.dataset.get("Modality", "")).upper()
+            if modality != "CT":
+                raise ClassifyError(f"not a CT image (Modality {modality or 'missing'})")
+            hu = apply_modality_lut(image.dataset.pixel_array, image.dataset)
+            p = float(classifier.predict_hu_slices(np.asarray(hu)[np.newaxis])[0])
+        else:
+            p = float(classifier.predict_images([image.display])[0])
+        info = classifier.model_info
+        return {
+            "label": "covid" if p >= 0.5 else "noncovid",
+            "probabilities": {"covid": round(p, 4), "noncovid": round(1.0 - p, 4)},
+            "covid_probability": round(p, 4),
+            "model": {"name": info.name, "version": info.version},
+        }
+
+    def ct_series(self, job: _Job) -> dict[str, Any]:
+        # ---- CT series branch: the CT pipeline lives in dicom_node/pipelines/ct.py ----------
+        try:
+            from dicom_node.pipelines.ct import CtPipeline  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:
+            raise ClassifyError(
+                f"the CT series pipeline (dicom_node.pipelines.ct) is not available: {exc}"
+            ) from exc
+        pipeline = CtPipeline.load(None)
+        datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
+        finding = pipeline.run(datasets)
+        info = pipeline.model_info
+        return {
+            **pipeline.summarise(finding),
+            "model": {"name": info.name, "version": info.version},
+        }
+
+
+def _decode(index: int, path: Path, pipeline: str | None) -> _Job:
+    if not path.exists():
+        raise ClassifyError("no such file or directory")
+    image = None if path.is_dir() else read_image(path)
+    return _Job(index, path, pipeline or _guess_pipeline(path, image), image)
+
+
+def run_classify(
+    paths: list[Path],
+    pipeline: str | None,
+    as_json: bool,
+    heatmap_dir: Path | None,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Classify each input, print one line per input; 0 when all succeeded, else 1 (2: usage)."""
+    if pipeline is not None and pipeline not in PIPELINES:
+        err.write(f"error: unknown pipeline {pipeline!r} (choose {', '.join(PIPELINES)})\n")
+        return EXIT_USAGE
+    runner = _Runner(heatmap_dir)
+    results: dict[int, dict[str, Any]] = {}
+    jobs: list[_Job] = []
+
+    def attempt(index: int, path: Path, name: str, work: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return work(*args)
+        except (ClassifyError, PreprocessingError, PipelineError, ModelStoreError) as exc:
+            message = str(exc)
+        except Exception as exc:  # one bad input must not stop the others
+            message = f"{type(exc).__name__}: {exc}"
+        results[index] = {"path": str(path), "pipeline": name, "error": message}
+        return None
+
+    for index, raw in enumerate(paths):
+        job = attempt(index, Path(raw), pipeline or "?", _decode, index, Path(raw), pipeline)
+        if job is not None:
+            jobs.append(job)
+
+    # Single x-ray files are classified in batches; directories and CT inputs one by one.
+    xray_files = [j for j in jobs if j.pipeline == "xray" and j.image is not None]
+    for start in range(0, len(xray_files), CHUNK):
+        chunk = xray_files[start : start + CHUNK]
+        batch = attempt(chunk[0].index, chunk[0].path, "xray", runner.xray_files, chunk)
+        if batch is None:  # the model failed as a whole: report it for every file of the chunk
+            error = results[chunk[0].index]["error"]
+            for job in chunk:
+                results[job.index] = {"path": str(job.path), "pipeline": "xray", "error": error}
+            continue
+        for job, record in zip(chunk, batch, strict=True):
+            results[job.index] = {"path": str(job.path), "pipeline": "xray", **record}
+    for job in jobs:
+        if job.pipeline == "xray" and job.image is not None:
+            continue
+        if job.pipeline == "xray":
+            work: Callable[[_Job], dict[str, Any]] = runner.xray_series
+        elif job.image is not None:
+            work = runner.ct_slice
+        else:
+            work = runner.ct_series
+        record = attempt(job.index, job.path, job.pipeline, work, job)
+        if record is not None:
+            results[job.index] = {"path": str(job.path), "pipeline": job.pipeline, **record}
+
+    failed = 0
+    for index in range(len(paths)):
+        result = results[index]
+        if "error" in result:
+            failed += 1
+            err.write(f"{result['path']}: error: {result['error']}\n")
+        if as_json:
+            out.write(json.dumps(result) + "\n")
+        elif "error" not in result:
+            out.write(_text_line(result) + "\n")
+    out.flush()
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _text_line(result: dict[str, Any]) -> str:
+    probs = result.get("probabilities") or {}
+    detail = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
+    extra = f" heatmap {result['heatmap']}" if "heatmap" in result else ""
+    return f"{result['path']}: {result.get('label', '?')} ({detail}) [{result['pipeline']}]{extra}"
