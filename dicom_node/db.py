@@ -215,6 +215,9 @@ class JobRow:
     updated_at: dt.datetime
     deliveries_sent: int = 0
     deliveries_total: int = 0
+    queued_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    processed_at: dt.datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         def iso(value: dt.datetime | None) -> str | None:
@@ -231,6 +234,9 @@ class JobRow:
             "error": self.error,
             "summary": self.summary,
             "received_at": iso(self.received_at),
+            "queued_at": iso(self.queued_at),
+            "started_at": iso(self.started_at),
+            "processed_at": iso(self.processed_at),
             "finished_at": iso(self.finished_at),
             "updated_at": iso(self.updated_at),
             "deliveries_sent": self.deliveries_sent,
@@ -624,6 +630,9 @@ class JobLog:
                     updated_at=job.updated_at,
                     deliveries_sent=n_sent or 0,
                     deliveries_total=n_total or 0,
+                    queued_at=job.queued_at,
+                    started_at=job.started_at,
+                    processed_at=job.processed_at,
                 )
                 for job, uid, n_total, n_sent in session.execute(query)
             ]

@@ -6,14 +6,19 @@ The repository's ``orthanc/orthanc.json`` is the reference (also used by docker-
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pydicom
+from pydicom import Dataset
 
 from dicom_node.devtools.net import wait_for_http
 
@@ -160,3 +165,29 @@ class OrthancServer:
     def instance_file(self, instance_id: str) -> bytes:
         data: bytes = self.get(f"/instances/{instance_id}/file")
         return data
+
+    def results_from(
+        self, study_instance_uid: str, sender_ae: str, sop_classes: set[str]
+    ) -> dict[str, list[Dataset]]:
+        """Instances of the study that ``sender_ae`` stored, by SOP Class UID."""
+        found: dict[str, list[Dataset]] = {}
+        for item in self.study_instances(study_instance_uid):
+            if item["remote_aet"] != sender_ae:
+                continue
+            dataset = pydicom.dcmread(io.BytesIO(self.instance_file(item["id"])))
+            if dataset.SOPClassUID in sop_classes:
+                found.setdefault(str(dataset.SOPClassUID), []).append(dataset)
+        return found
+
+    def wait_results(
+        self, study_instance_uid: str, sender_ae: str, sop_classes: set[str], timeout: float
+    ) -> dict[str, list[Dataset]]:
+        """Poll until every SOP class in ``sop_classes`` arrived from ``sender_ae``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running:
+                found = self.results_from(study_instance_uid, sender_ae, sop_classes)
+                if set(found) == sop_classes:
+                    return found
+            time.sleep(0.2)
+        raise TimeoutError(f"results from {sender_ae} did not reach Orthanc in {timeout:.0f} s")

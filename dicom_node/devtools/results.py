@@ -23,9 +23,10 @@ class XrayReportImage:
 def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
     """One entry per measurement group (= per analysed radiograph)."""
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
     class_by_code = {concept.value: key for key, concept in FINDING_BY_CLASS.items()}
     images = []
-    for group in report.content.get_planar_roi_measurement_groups():
+    for group in content.get_planar_roi_measurement_groups():
         probabilities = {}
         for measurement in group.get_measurements():
             key = str(measurement.name.value).removeprefix("P-").lower()
@@ -45,7 +46,7 @@ def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
         images.append(
             XrayReportImage(
                 source_sop_instance_uid=str(reference.ReferencedSOPInstanceUID),
-                label=class_by_code[str(finding.value)],
+                label=class_by_code[str(finding.value)] if finding else "unknown",
                 probabilities=probabilities,
                 region_type=str(roi.GraphicType),
                 region_points=len(roi.GraphicData) // 2,
