@@ -48,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)")
     echo.add_argument("--to", help="AE@host:port")
+    echo.add_argument("--aet", help="calling AE title (default: the node's AE title)")
 
     send = sub.add_parser("send", help="C-STORE files to a DICOM peer (default: this node)")
     send.add_argument("files", nargs="+", type=Path)
     send.add_argument("--to", help="AE@host:port")
+    send.add_argument("--aet", help="calling AE title (default: the node's AE title)")
 
     jobs = sub.add_parser("jobs", help="show the job log")
     jobs.add_argument("--follow", "-f", action="store_true", help="keep printing changes")
@@ -89,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(settings.describe(), indent=2))
         return 0
     if command == "echo":
-        return _echo(settings, args.to)
+        return _echo(settings, args.to, args.aet or settings.ae_title)
     if command == "send":
-        return _send(settings, args.to, args.files)
+        return _send(settings, args.to, args.aet or settings.ae_title, args.files)
     if command == "jobs":
         return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
     if command == "requeue":
@@ -139,12 +141,12 @@ def _peer(settings: Settings, to: str | None) -> PacsAddress:
     return PacsAddress(settings.ae_title, host, settings.port)
 
 
-def _echo(settings: Settings, to: str | None) -> int:
+def _echo(settings: Settings, to: str | None, calling_ae: str) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     peer = _peer(settings, to)
-    ae = AE(ae_title="DICOMNODECLI")
+    ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
@@ -157,12 +159,12 @@ def _echo(settings: Settings, to: str | None) -> int:
     return 0 if code == 0 else 1
 
 
-def _send(settings: Settings, to: str | None, files: list[Path]) -> int:
+def _send(settings: Settings, to: str | None, calling_ae: str, files: list[Path]) -> int:
     from dicom_node.scu import StoreClient
 
     peer = _peer(settings, to)
     paths = [p for f in files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
-    results = StoreClient("DICOMNODECLI", settings.network_timeout_seconds).send(peer, paths)
+    results = StoreClient(calling_ae, settings.network_timeout_seconds).send(peer, paths)
     failed = 0
     for path, result in zip(paths, results, strict=True):
         status = f"0x{result.status:04X}" if result.status is not None else "none"
