@@ -1,0 +1,77 @@
+"""The dicom-node command in-process: config errors, config output, jobs and requeue."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dicom_node.cli import main
+from dicom_node.db import InstanceRecord, JobLog, utcnow
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DICOM_NODE_DATA_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_invalid_configuration_exits_2_naming_the_setting(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DICOM_NODE_PACS", "not-an-address")
+    assert main(["config"]) == 2
+    assert "DICOM_NODE_PACS" in capsys.readouterr().err
+
+
+def test_config_prints_effective_settings(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ae_title"] == "AINODE" and shown["data_dir"] == str(data_dir)
+
+
+def test_jobs_without_a_log_says_where_it_looked(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["jobs"]) == 1
+    assert "no job log" in capsys.readouterr().err
+
+
+def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    joblog = JobLog.open(data_dir / "jobs.sqlite")
+    outcome = joblog.record_instance(
+        InstanceRecord(
+            "1.9",
+            "1.9.1",
+            "1.9.1.1",
+            "1.2.840.10008.5.1.4.1.1.1",
+            "1.2.840.10008.1.2.1",
+            "CR",
+            "CHEST",
+            None,
+            None,
+            "MODALITY",
+            "/x.dcm",
+            1,
+        )
+    )
+    joblog.complete_job(outcome.job_id, "xray", None, utcnow())
+    claimed = joblog.claim_next_job()
+    assert claimed is not None
+    joblog.fail_job(claimed.id, "ValueError: cannot decode")
+
+    assert main(["jobs"]) == 0
+    table = capsys.readouterr().out
+    assert "failed" in table and "1.9" in table and "cannot decode" in table
+    assert main(["jobs", "--json"]) == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["state"] == "failed" and row["pipeline"] == "xray"
+    assert row["error"] == "ValueError: cannot decode"
+    assert row["received_at"].endswith("Z") and row["finished_at"]
+
+    assert main(["requeue", str(claimed.id)]) == 0
+    assert f"job {claimed.id} re-queued" in capsys.readouterr().out
+    assert main(["requeue", "999"]) == 1
