@@ -297,18 +297,20 @@ class JobLog:
                 select(Job).where(Job.study_id == study.id).order_by(Job.version.desc()).limit(1)
             )
             if job is None or (job.state != RECEIVED and not duplicate):
+                session.flush()
                 job = Job(
                     study_id=study.id,
                     version=(job.version + 1) if job else 1,
                     state=RECEIVED,
                     modality=record.modality,
+                    instance_count=_count_instances(session, study.id),
                     received_at=now,
                     last_instance_at=now,
                     updated_at=now,
                 )
                 session.add(job)
-            if job.state == RECEIVED:
-                job.instance_count = _count_instances(session, study.id)
+            elif job.state == RECEIVED:
+                job.instance_count += 0 if duplicate else 1
                 job.last_instance_at = now
                 job.updated_at = now
             session.flush()
