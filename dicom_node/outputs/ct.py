@@ -241,7 +241,7 @@ def _zone_group(
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     lobe = region.name.replace(" zone", " lobe")
     laterality = codes.SCT.Right if region.name.startswith("right") else codes.SCT.Left
-    label = f"{region.name.capitalize()} (approximates {lobe})"
+    label = f"{region.name.capitalize()}, approx. {lobe}"
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking(region.name, label),
         algorithm_id=algorithm,
@@ -349,3 +349,23 @@ def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelIn
         f"{model.name} {model.version}",
     ]
     return render.burn_in_text(rgb, top, bottom)
+
+
+def read_ct_report(dataset: Dataset) -> dict[str, dict[str, float]]:
+    """Our CT SR's numbers back, through highdicom: ``{group: {measurement meaning: value}}``.
+
+    Groups are keyed by tracking identifier ("CT COVID-19 assessment (AI, unverified)",
+    "Right lung (AI, unverified)", ...).  For tests and demos.
+    """
+    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
+    groups: list[Group] = [
+        *content.get_image_measurement_groups(),
+        *content.get_volumetric_roi_measurement_groups(),
+    ]
+    return {
+        str(group.tracking_identifier): {
+            str(m.name.meaning): float(m.value) for m in group.get_measurements()
+        }
+        for group in groups
+    }

@@ -70,15 +70,16 @@ def segment_lungs(volume: CtVolume) -> LungSegmentation:
     x_mm, y_mm = x_full[box[1:]], y_full[box[1:]]
     midline = _midline(hu_full, x_full)
     airway = _grow_airway(volume, hu, internal, x_mm, midline, notes)
-    if airway is not None:
-        internal &= ~_dilate_in_box(airway)
+    rim = _dilate_in_box(airway) if airway is not None else None
+    if rim is not None:
+        internal &= ~rim
 
     sub = _lung_components(volume, hu, internal, x_mm, midline, notes)
     del internal
     for code in (RIGHT_LUNG, LEFT_LUNG):
         _close_and_fill(volume, sub, code, x_mm, y_mm, midline)
-    if airway is not None:
-        sub[airway] = BACKGROUND  # bronchi inside the lungs were filled as holes
+    if airway is not None and rim is not None:
+        sub[rim] = BACKGROUND  # bronchi inside the lungs were filled as holes
         airway_full[box] = airway
     labels[box] = sub
     return LungSegmentation(labels=labels, airway=airway_full, notes=tuple(notes))

@@ -13,7 +13,8 @@ Lesions (working grid, within the lungs' bounding box):
   inside: partial volume with the chest wall would otherwise count as GGO all around the lung.
 
 Severity: the established CT severity score gives each of the five lobes 0-5 by the share of
-the lobe involved (0 none, 1 <5%, 2 5-25%, 3 26-50%, 4 51-75%, 5 >75%; total 0-25).  We have no
+the lobe involved (0 none, 1 <5%, 2 5-25%, 3 26-50%, 4 51-75%, 5 >75%; total 0-25).  "None"
+is involvement below ``NONE_BELOW_PERCENT`` (0.5%), the measurement's noise floor.  We have no
 fissures, so the *regions approximate the lobes*: each lung is cut across an oblique axis (45
 degrees between superior and anterior, the way the oblique fissure runs) at cumulative volume
 fractions matching typical lobar volumes (right 37/15/48% upper/middle/lower, left 54/46%).
@@ -33,7 +34,9 @@ GGO_HU = (-750, -300)  # low inclusive, high exclusive
 CONSOLIDATION_HU = (-300, 50)  # both inclusive
 THIN_RADIUS_MM = 3.0
 CONSOLIDATION_RIM_HU = -500
-NONE_BELOW_PERCENT = 0.1  # region involvement under this counts as "none" (noise floor)
+# Zone involvement under this scores 0 ("none"): below it, flagged voxels are mostly partial
+# volume and noise (lesion-free phantoms give 0.0-0.3% per zone).
+NONE_BELOW_PERCENT = 0.5
 FISSURE_ANGLE_DEG = 45.0
 
 NO_LESION, GGO, CONSOLIDATION = 0, 1, 2
