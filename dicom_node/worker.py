@@ -56,6 +56,7 @@ class Worker:
             thread.start()
             self._threads.append(thread)
         if not self._threads:
+            self.models_ready.set()  # nothing to load in an intake-only node
             log.warning("worker_threads=0: intake only, queued jobs wait for a worker")
 
     def stop(self) -> None:
@@ -139,6 +140,10 @@ class Worker:
         self._on_outputs()
 
     def _fail(self, job: Job, error: str) -> None:
+        # One line in the job log: decoder plugins report one line per plugin.
+        error = " ".join(part.strip() for part in error.splitlines() if part.strip())
+        if len(error) > 500:
+            error = error[:497] + "..."
         log.warning("job %d failed: %s", job.id, error)
         self._joblog.fail_job(job.id, error)
 
