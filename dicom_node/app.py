@@ -90,6 +90,7 @@ class Node:
             "sender": "running" if self.sender.alive() else "stopped",
             "models_loaded": self.pipelines.loaded(),
             "models_ready": self.worker.models_ready.is_set(),
+            "device": self.pipelines.device,
             "jobs": counts,
         }
 

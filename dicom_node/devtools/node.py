@@ -18,8 +18,8 @@ from dicom_node.devtools.net import wait_for_http
 
 class NodeProcess:
     def __init__(self, data_dir: Path, env: Mapping[str, str], log_path: Path) -> None:
-        self.data_dir = Path(data_dir)
-        self.env = {**os.environ, **env, "DICOM_NODE_DATA_DIR": str(data_dir)}
+        self.data_dir = Path(data_dir).resolve()
+        self.env = {**os.environ, **env, "DICOM_NODE_DATA_DIR": str(self.data_dir)}
         self.http_port = int(self.env["DICOM_NODE_HTTP_PORT"])
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None

@@ -47,7 +47,7 @@ class OrthancServer:
         stable_age: int = 1,
         routing: bool = True,
     ) -> None:
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir).resolve()
         self.http_port = http_port
         self.dicom_port = dicom_port
         self.node = node

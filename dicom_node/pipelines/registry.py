@@ -34,6 +34,7 @@ class PipelineRegistry:
         self._factories = dict(factories or {})
         self._loaded: dict[str, AnyPipeline] = {}
         self._lock = threading.Lock()
+        self.device: str | None = None  # "GPU (n)" or "CPU", known once a model is loaded
 
     def names(self) -> list[str]:
         return sorted(set(BUILTIN_PIPELINES) | set(self._factories))
@@ -44,6 +45,8 @@ class PipelineRegistry:
             if pipeline is None:
                 pipeline = self._build(name)
                 self._loaded[name] = pipeline
+                if self.device is None:
+                    self.device = _tensorflow_device()
                 log.info(
                     "loaded %s pipeline: model %s %s",
                     name,
@@ -65,3 +68,15 @@ class PipelineRegistry:
         cls = getattr(importlib.import_module(module_name), class_name)
         pipeline: AnyPipeline = cls.load(self._models_dir)
         return pipeline
+
+
+def _tensorflow_device() -> str:
+    """TensorFlow places models on a GPU by itself when it sees one; say which it is."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return "none"
+    gpus = tf.config.list_physical_devices("GPU")
+    device = f"GPU ({len(gpus)})" if gpus else "CPU"
+    log.info("TensorFlow %s runs on %s", tf.__version__, device)
+    return device
