@@ -1,0 +1,209 @@
+"""CT pipeline speed and memory on a synthetic 512x512 chest CT series.
+
+Writes a phantom series (default 300 slices of 1 mm, 512x512) to a temporary directory, then
+times, for several rounds, in this process:
+
+* the stages: read (pydicom, files in the page cache), series (selection + int16 HU working
+  grid), lungs, classify (decoding the chosen slices + the slice classifier), lesions +
+  quantification, outputs (SR + SEG + key-image SCs), encode (the outputs to bytes);
+* end to end through the pipeline API (``read + run + build_outputs + encode``).
+
+Peak memory is measured in a fresh subprocess per series length (``--memory 300 1000``):
+``ru_maxrss`` after loading the model (TensorFlow alone is most of it) and at the end.
+
+The classifier is the shipped ``models/ct_slice_classifier`` if present; otherwise an untrained
+stand-in of the trainer's default architecture (``compact``, 224 px) behind the same wrapper,
+which costs the same to run.  Usage::
+
+    python bench/bench_ct.py [--slices 300] [--size 512] [--rounds 5] [--memory 300 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pydicom
+
+from dicom_node.model_store import ModelStoreError, write_checksums
+from dicom_node.pipelines.base import OutputContext
+from dicom_node.pipelines.ct import CtPipeline, classification_slices
+from dicom_node.pipelines.ct_lungs import segment_lungs
+from dicom_node.pipelines.ct_quant import quantify, segment_lesions
+from dicom_node.pipelines.ct_series import assemble, hu_image, select_series
+from dicom_node.synthetic import write_phantom_series
+
+STAGES = ("read", "series", "lungs", "classify", "quantify", "outputs", "encode")
+
+
+def load_pipeline(work: Path) -> tuple[CtPipeline, str]:
+    try:
+        pipeline = CtPipeline.load(None)
+        info = pipeline.classifier.model_info
+        return pipeline, f"shipped {info.name} {info.version}"
+    except (ModelStoreError, FileNotFoundError):
+        pass
+    from training.models import build_model
+
+    directory = work / "models" / "ct_slice_classifier" / "0.0.0-standin"
+    directory.mkdir(parents=True)
+    build_model("compact", 224, 2).save(directory / "model.keras")
+    card = {"classes": ["covid", "noncovid"], "input": {"size": 224}}
+    (directory / "model_card.json").write_text(json.dumps(card))
+    write_checksums(directory)
+    stand_in = "untrained stand-in: compact, 224 px (no shipped model)"
+    return CtPipeline.load(work / "models"), stand_in
+
+
+def encode(datasets: list[Any]) -> int:
+    size = 0
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        size += buffer.tell()
+    return size
+
+
+def timed(times: dict[str, list[float]], stage: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = fn()
+    times[stage].append(time.perf_counter() - started)
+    return result
+
+
+def stage_round(pipeline: CtPipeline, files: list[Path], times: dict[str, list[float]]) -> None:
+    """The pipeline's steps one by one, with the same functions it calls."""
+    sources = timed(times, "read", lambda: [pydicom.dcmread(p) for p in files])
+
+    def series() -> Any:
+        return assemble(select_series(sources).datasets)
+
+    volume = timed(times, "series", series)
+    lungs = timed(times, "lungs", lambda: segment_lungs(volume))
+
+    def classify() -> Any:
+        chosen = classification_slices(lungs.labels)
+        hu = np.stack([hu_image(volume.datasets[k]) for k in chosen]).astype(np.float32)
+        return pipeline.classifier.predict_hu_slices(hu)
+
+    timed(times, "classify", classify)
+
+    def quant() -> Any:
+        lesions = segment_lesions(volume, lungs.labels)
+        return quantify(volume, lungs.labels, lesions)
+
+    timed(times, "quantify", quant)
+    finding = pipeline.run(sources)  # for the outputs stage (not timed here)
+    outputs = timed(
+        times, "outputs", lambda: pipeline.build_outputs(finding, sources, OutputContext())
+    )
+    timed(times, "encode", lambda: encode(outputs))
+
+
+def end_to_end(pipeline: CtPipeline, files: list[Path]) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    sources = [pydicom.dcmread(p) for p in files]
+    finding = pipeline.run(sources)
+    outputs = pipeline.build_outputs(finding, sources, OutputContext())
+    encode(outputs)
+    return time.perf_counter() - started, pipeline.summarise(finding)
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_child(directory: Path) -> None:
+    """Run in a fresh process: one end-to-end pass, print peak RSS figures as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pipeline, _ = load_pipeline(Path(tmp))
+        small = write_phantom_series(Path(tmp) / "warm-up", n_slices=48, size=512, seed=3)
+        end_to_end(pipeline, list(small.files))  # TensorFlow's graph, imports, caches
+        files = sorted(directory.glob("*.dcm"))
+        after_model = rss_mb()
+        seconds, _ = end_to_end(pipeline, files)
+        print(json.dumps({"after_model_mb": after_model, "peak_mb": rss_mb(), "seconds": seconds}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--memory", type=int, nargs="*", default=[300, 1000])
+    parser.add_argument("--memory-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child)
+        return
+
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (1 min)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        series = write_phantom_series(
+            work / "series", n_slices=args.slices, size=args.size, slice_spacing=1.0, seed=1
+        )
+        files = list(series.files)
+        pipeline, classifier = load_pipeline(work)
+        print(f"series: {args.slices} slices of {args.size}x{args.size}; classifier: {classifier}")
+        end_to_end(pipeline, files)  # warm-up: TensorFlow graph, page cache
+        times: dict[str, list[float]] = {stage: [] for stage in STAGES}
+        totals = []
+        summary: dict[str, Any] = {}
+        for _ in range(args.rounds):
+            stage_round(pipeline, files, times)
+            seconds, summary = end_to_end(pipeline, files)
+            totals.append(seconds)
+        print(f"\nmedian of {args.rounds} rounds (seconds):")
+        for stage in STAGES:
+            values = times[stage]
+            print(f"  {stage:9s} {statistics.median(values):6.2f}   (min {min(values):.2f})")
+        stage_sum = sum(statistics.median(times[s]) for s in STAGES)
+        print(f"  {'sum':9s} {stage_sum:6.2f}")
+        print(
+            f"end to end (read + run + outputs + encode): median {statistics.median(totals):.2f} s,"
+            f" min {min(totals):.2f} s, max {max(totals):.2f} s"
+        )
+        truth = series.truth.total
+        print(
+            f"phantom: involvement {summary['involvement_percent']:.2f}% "
+            f"(truth {truth.involvement_percent:.2f}%), lung {summary['lung_volume_ml']:.0f} mL "
+            f"(truth {truth.lung_ml:.0f}), severity {summary['severity_score']}/25"
+        )
+        del pipeline
+
+        for n in args.memory:
+            directory = work / f"memory_{n}"
+            write_phantom_series(directory, n_slices=n, size=args.size, slice_spacing=0.625, seed=2)
+            child = subprocess.run(
+                [sys.executable, __file__, "--memory-child", str(directory)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            figures = json.loads(child.stdout.strip().splitlines()[-1])
+            print(
+                f"peak RSS, {n} slices: {figures['peak_mb']:.0f} MB "
+                f"({figures['after_model_mb']:.0f} MB after loading the model; "
+                f"{figures['seconds']:.1f} s end to end)"
+            )
+            for path in directory.iterdir():
+                path.unlink()
+
+
+if __name__ == "__main__":
+    main()
