@@ -1,0 +1,59 @@
+"""A synthetic chest CT series through the real Orthanc: SR, SEG and key-image SCs come back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dicom_node.devtools.validate import dciodvfy_errors
+from dicom_node.outputs.ct import read_ct_report
+from dicom_node.synthetic import write_phantom_series
+from tests.integration.conftest import SC_STORAGE, SEG_STORAGE, SR_STORAGE
+
+pytestmark = pytest.mark.integration
+
+
+def test_phantom_ct_through_orthanc_returns_sr_seg_and_key_images(
+    make_stack: Any, tmp_path: Path
+) -> None:
+    stack = make_stack()
+    series = write_phantom_series(tmp_path / "ct", n_slices=48, size=128, seed=21)
+    for path in series.files:  # a scanner pushing a series into the PACS
+        stack.orthanc.upload(path.read_bytes())
+
+    found = stack.wait_results(series.study_instance_uid, {SR_STORAGE, SEG_STORAGE, SC_STORAGE})
+    [sr], [seg] = found[SR_STORAGE], found[SEG_STORAGE]
+    key_images = found[SC_STORAGE]
+    assert 1 <= len(key_images) <= 3
+
+    for index, result in enumerate([sr, seg, *key_images]):
+        assert result.StudyInstanceUID == series.study_instance_uid
+        assert "NOT FOR CLINICAL USE" in result.SeriesDescription
+        path = tmp_path / f"result{index}.dcm"
+        result.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], result.Modality
+    assert sr.VerificationFlag == "UNVERIFIED"
+
+    # The SEG overlays the slices of the analysed series.
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == series.series_instance_uid
+    assert 0 < len(referenced.ReferencedInstanceSequence) <= len(series.files)
+    labels = {str(s.SegmentLabel).lower() for s in seg.SegmentSequence}
+    assert any("lung" in label for label in labels)
+
+    # The numbers in the SR are the phantom's, within the accuracy the pipeline promises.
+    study = next(g for name, g in read_ct_report(sr).items() if "assessment" in name)
+    involvement = next(v for k, v in study.items() if k.startswith("Lung involvement"))
+    assert abs(involvement - series.truth.total.involvement_percent) <= 2.0
+    assert 0.0 <= study["Probability of COVID-19"] <= 1.0
+
+    jobs = stack.wait_jobs(
+        lambda js: any(
+            j["study_instance_uid"] == series.study_instance_uid and j["state"] == "done"
+            for j in js
+        )
+    )
+    [job] = [j for j in jobs if j["study_instance_uid"] == series.study_instance_uid]
+    assert job["pipeline"] == "ct" and job["instances"] == len(series.files)
