@@ -56,6 +56,7 @@ PHANTOMS = {
     "typical seed 2": dict(seed=2),
     "many lesions": dict(seed=3, n_ggo=14, n_consolidation=8, n_pleural=6),
     "noisy": dict(seed=4, noise_hu=35.0),
+    "only subpleural lesions": dict(seed=8, n_ggo=0, n_consolidation=0, n_pleural=8),
 }
 
 
@@ -64,7 +65,7 @@ def test_involvement_within_two_points_of_truth(tmp_path: Path, name: str) -> No
     series = write_phantom_series(tmp_path, n_slices=48, size=128, **PHANTOMS[name])  # type: ignore[arg-type]
     q = measure(series)
     truth = series.truth
-    assert truth.total.involvement_percent > 5  # the phantom does have lesions
+    assert truth.total.involvement_percent > 3  # the phantom does have lesions
     for measured, expected in (
         (q.total, truth.total),
         (q.right, truth.right),
