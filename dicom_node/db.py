@@ -430,6 +430,9 @@ class JobLog:
     def fail_job(self, job_id: int, error: str) -> None:
         self._finish(job_id, FAILED, error)
 
+    def ignore_job(self, job_id: int, reason: str) -> None:
+        self._finish(job_id, IGNORED, reason)
+
     def processed(
         self,
         job_id: int,

@@ -21,7 +21,7 @@ from dicom_node import __version__
 from dicom_node.config import Settings
 from dicom_node.db import Job, JobLog
 from dicom_node.metrics import Metrics
-from dicom_node.pipelines.base import OutputContext, PipelineError
+from dicom_node.pipelines.base import NotAnalysable, OutputContext, PipelineError
 from dicom_node.pipelines.registry import PipelineRegistry
 from dicom_node.routing import route
 from dicom_node.storage import atomic_write
@@ -119,6 +119,10 @@ class Worker:
                 outputs,
                 destination,
             )
+        except NotAnalysable as exc:
+            log.info("job %d ignored: %s", job.id, exc)
+            self._joblog.ignore_job(job.id, _one_line(str(exc)))
+            return
         except PipelineError as exc:
             self._fail(job, str(exc))
             return
@@ -140,10 +144,7 @@ class Worker:
         self._on_outputs()
 
     def _fail(self, job: Job, error: str) -> None:
-        # One line in the job log: decoder plugins report one line per plugin.
-        error = " ".join(part.strip() for part in error.splitlines() if part.strip())
-        if len(error) > 500:
-            error = error[:497] + "..."
+        error = _one_line(error)
         log.warning("job %d failed: %s", job.id, error)
         self._joblog.fail_job(job.id, error)
 
@@ -153,6 +154,12 @@ class Worker:
         path = self._settings.outbox_dir / study_uid / f"{dataset.SOPInstanceUID}.dcm"
         atomic_write(path, buffer.getbuffer(), fsync=self._settings.fsync)
         return str(dataset.SOPInstanceUID), str(dataset.SOPClassUID), str(path)
+
+
+def _one_line(text: str, limit: int = 500) -> str:
+    """One line for the job log (decoder plugins report one line each), of bounded length."""
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_source(path: Path) -> Dataset:

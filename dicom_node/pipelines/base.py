@@ -20,7 +20,13 @@ FindingT = TypeVar("FindingT")
 
 
 class PipelineError(Exception):
-    """The study cannot be analysed; the message is shown in the job log (no patient data)."""
+    """The analysis failed; the message is shown in the job log (no patient data)."""
+
+
+class NotAnalysable(PipelineError):
+    """The study is valid DICOM but not something this pipeline analyses (a single CT slice,
+    a non-axial series, no lungs in view): the job is ``ignored`` with this reason, since a
+    retry cannot change the outcome."""
 
 
 @dataclass(frozen=True)

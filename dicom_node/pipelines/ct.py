@@ -28,7 +28,13 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from pydicom import Dataset
 
-from dicom_node.pipelines.base import ModelInfo, OutputContext, Pipeline, PipelineError
+from dicom_node.pipelines.base import (
+    ModelInfo,
+    NotAnalysable,
+    OutputContext,
+    Pipeline,
+    PipelineError,
+)
 from dicom_node.pipelines.ct_lungs import LEFT_LUNG, RIGHT_LUNG, LungSegmentation, segment_lungs
 from dicom_node.pipelines.ct_quant import (
     LungMeasurement,
@@ -115,7 +121,7 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
         lungs = segment_lungs(volume)
         lung_ml = lungs.volume_ml(volume.voxel_ml)
         if lung_ml < MIN_LUNG_ML:
-            raise PipelineError(
+            raise NotAnalysable(
                 f"no lungs found ({lung_ml:.0f} mL of lung, less than {MIN_LUNG_ML:.0f} mL): "
                 "not a chest CT, or the lungs are not in the field of view"
             )

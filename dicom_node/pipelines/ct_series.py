@@ -29,7 +29,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicom_node.pipelines.base import PipelineError
+from dicom_node.pipelines.base import NotAnalysable
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def select_series(sources: Sequence[Dataset]) -> SeriesChoice:
         primary = int(image_type[:2] == ["ORIGINAL", "PRIMARY"])
         accepted.append(((primary, len(ordered), -spacing), ordered, label))
     if not accepted:
-        raise PipelineError("no analysable CT series: " + "; ".join(notes))
+        raise NotAnalysable("no analysable CT series: " + "; ".join(notes))
     accepted.sort(key=lambda item: item[0], reverse=True)
     _, best, label = accepted[0]
     notes.extend(f"{other}: another series was preferred" for _, _, other in accepted[1:])

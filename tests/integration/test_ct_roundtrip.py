@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from dicom_node.devtools.validate import dciodvfy_errors
@@ -41,7 +44,15 @@ def test_phantom_ct_through_orthanc_returns_sr_seg_and_key_images(
     assert referenced.SeriesInstanceUID == series.series_instance_uid
     assert 0 < len(referenced.ReferencedInstanceSequence) <= len(series.files)
     labels = {str(s.SegmentLabel).lower() for s in seg.SegmentSequence}
-    assert any("lung" in label for label in labels)
+    assert any("lung" in label for label in labels) and len(labels) == 4
+    source_uids = {
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in series.files
+    }
+    frame_sources = {
+        str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert frame_sources and frame_sources <= source_uids
 
     # The numbers in the SR are the phantom's, within the accuracy the pipeline promises.
     study = next(g for name, g in read_ct_report(sr).items() if "assessment" in name)
@@ -57,3 +68,31 @@ def test_phantom_ct_through_orthanc_returns_sr_seg_and_key_images(
     )
     [job] = [j for j in jobs if j["study_instance_uid"] == series.study_instance_uid]
     assert job["pipeline"] == "ct" and job["instances"] == len(series.files)
+    summary = json.loads(job["summary"])
+    assert summary["covid_probability"] == pytest.approx(study["Probability of COVID-19"], abs=1e-3)
+
+
+def test_real_tcia_single_slices_are_ignored_with_a_clear_reason(
+    make_stack: Any, shared_data: Path
+) -> None:
+    stack = make_stack()
+    files = sorted((shared_data / "ct_dicom" / "covid").glob("*.dcm"))
+    assert len(files) == 48
+    store = subprocess.run(
+        ["storescu", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1", str(stack.node_port)]
+        + [str(f) for f in files],
+        capture_output=True,
+        text=True,
+    )
+    assert store.returncode == 0, store.stderr
+    studies = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
+    jobs = stack.wait_jobs(
+        lambda js: {j["study_instance_uid"] for j in js if j["state"] == "ignored"} >= studies
+    )
+    reasons = [job["error"] for job in jobs]
+    assert all(job["state"] == "ignored" for job in jobs), jobs
+    # Chest studies reach the CT pipeline, which says why it cannot analyse them; the two
+    # abdomen-only studies (descriptions "ABD/PEL ...") are not routed at all.
+    assert sum("single slice is not a volume" in r for r in reasons) == len(studies) - 2
+    assert sum("body part missing is not chest" in r for r in reasons) == 2
+    assert stack.node.health()["status"] == "ok"

@@ -23,7 +23,7 @@ from dicom_node.devtools.validate import dciodvfy_errors
 from dicom_node.model_store import write_checksums
 from dicom_node.outputs.ct import read_ct_report
 from dicom_node.outputs.seg import label_map, upsample
-from dicom_node.pipelines.base import OutputContext, PipelineError
+from dicom_node.pipelines.base import NotAnalysable, OutputContext, PipelineError
 from dicom_node.pipelines.ct import (
     MAX_CLASSIFIED_SLICES,
     CtFinding,
@@ -260,7 +260,7 @@ def test_tcia_single_slices_are_reported_as_not_a_volume(
         ds = pydicom.dcmread(path)
         studies[str(ds.StudyInstanceUID)].append(ds)
     for datasets in studies.values():
-        with pytest.raises(PipelineError, match="single slice is not a volume"):
+        with pytest.raises(NotAnalysable, match="single slice is not a volume"):
             pipeline.run(datasets)
 
 
@@ -269,5 +269,5 @@ def test_a_ct_without_lungs_is_not_analysed(pipeline: CtPipeline, tmp_path: Path
     tiny = Ellipsoid((0.0, 0.0, -200.0), (1.0, 1.0, 1.0))
     phantom = dataclasses.replace(base, right_lung=tiny, left_lung=tiny, balls=(), vessels=())
     series = write_phantom_series(tmp_path, phantom=phantom)
-    with pytest.raises(PipelineError, match="no lungs found"):
+    with pytest.raises(NotAnalysable, match="no lungs found"):
         pipeline.run([pydicom.dcmread(p) for p in series.files])
