@@ -12,8 +12,8 @@ of the highest quarter of those slice probabilities: COVID-19 changes are often 
 plain mean would dilute them, while the single maximum would follow one noisy slice.
 
 A study without an analysable series (single slices such as the TCIA samples, too few slices,
-gaps, non-axial reformats, no lungs found) raises ``PipelineError`` with the reason; the
-``classify`` command gives single CT slices a slice-level probability instead.
+gaps, non-axial reformats, no lungs found) raises ``NotAnalysable`` with the reason (the job is
+``ignored``); the ``classify`` command gives single CT slices a slice-level probability instead.
 """
 
 from __future__ import annotations
