@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -266,56 +267,79 @@ class JobLog:
         """File one received instance; open a new job version if the last one has moved on.
 
         A resent instance (same SOP Instance UID) replaces the stored file but does not
-        start a new analysis by itself.
+        start a new analysis by itself.  This runs on every C-STORE, so it uses Core
+        statements in one short transaction rather than the ORM's unit of work.
         """
         now = utcnow()
-        with self.session() as session:
-            study = session.scalar(
-                select(Study).where(Study.study_instance_uid == record.study_instance_uid)
+        with self.engine.begin() as db:
+            study_id = db.scalar(
+                select(Study.id).where(Study.study_instance_uid == record.study_instance_uid)
             )
-            if study is None:
-                study = Study(
-                    study_instance_uid=record.study_instance_uid,
-                    first_received_at=now,
-                    last_received_at=now,
-                )
-                session.add(study)
-                session.flush()
-            existing = session.scalar(
-                select(Instance).where(Instance.sop_instance_uid == record.sop_instance_uid)
+            if study_id is None:
+                study_id = db.execute(
+                    insert(Study).values(
+                        study_instance_uid=record.study_instance_uid,
+                        first_received_at=now,
+                        last_received_at=now,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+            else:
+                db.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
+            existing = db.scalar(
+                select(Instance.id).where(Instance.sop_instance_uid == record.sop_instance_uid)
             )
             duplicate = existing is not None
             if existing is not None:
-                existing.path = record.path
-                existing.size_bytes = record.size_bytes
-                existing.received_at = now
-                existing.transfer_syntax_uid = record.transfer_syntax_uid
-            else:
-                session.add(Instance(study_id=study.id, received_at=now, **_fields(record)))
-            study.last_received_at = now
-            job = session.scalar(
-                select(Job).where(Job.study_id == study.id).order_by(Job.version.desc()).limit(1)
-            )
-            if job is None or (job.state != RECEIVED and not duplicate):
-                session.flush()
-                job = Job(
-                    study_id=study.id,
-                    version=(job.version + 1) if job else 1,
-                    state=RECEIVED,
-                    modality=record.modality,
-                    instance_count=_count_instances(session, study.id),
-                    received_at=now,
-                    last_instance_at=now,
-                    updated_at=now,
+                db.execute(
+                    update(Instance)
+                    .where(Instance.id == existing)
+                    .values(
+                        path=record.path,
+                        size_bytes=record.size_bytes,
+                        received_at=now,
+                        transfer_syntax_uid=record.transfer_syntax_uid,
+                    )
                 )
-                session.add(job)
-            elif job.state == RECEIVED:
-                job.instance_count += 0 if duplicate else 1
-                job.last_instance_at = now
-                job.updated_at = now
-            session.flush()
+            else:
+                db.execute(
+                    insert(Instance).values(study_id=study_id, received_at=now, **_fields(record))
+                )
+            job = db.execute(
+                select(Job.id, Job.state, Job.version, Job.modality)
+                .where(Job.study_id == study_id)
+                .order_by(Job.version.desc())
+                .limit(1)
+            ).first()
+            if job is None or (job.state != RECEIVED and not duplicate):
+                job_id = db.execute(
+                    insert(Job).values(
+                        study_id=study_id,
+                        version=(job.version + 1) if job else 1,
+                        state=RECEIVED,
+                        modality=record.modality,
+                        instance_count=db.scalar(
+                            select(func.count(Instance.id)).where(Instance.study_id == study_id)
+                        ),
+                        received_at=now,
+                        last_instance_at=now,
+                        updated_at=now,
+                    )
+                ).inserted_primary_key[0]  # type: ignore[index]
+                return RecordOutcome(
+                    job_id, record.study_instance_uid, record.modality, duplicate, True
+                )
+            if job.state == RECEIVED:
+                db.execute(
+                    update(Job)
+                    .where(Job.id == job.id)
+                    .values(
+                        instance_count=Job.instance_count + (0 if duplicate else 1),
+                        last_instance_at=now,
+                        updated_at=now,
+                    )
+                )
             return RecordOutcome(
-                job.id, study.study_instance_uid, job.modality, duplicate, job.state == RECEIVED
+                job.id, record.study_instance_uid, job.modality, duplicate, job.state == RECEIVED
             )
 
     def record_rejection(
