@@ -136,7 +136,7 @@ class _Runner:
         pipeline = self.xray()
         datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
         finding = pipeline.run(datasets)
-        best = most_confident(finding)
+        best = most_confident(finding, pipeline.decision_weights)
         record = _xray_record(best, pipeline.model_info)
         record["images"] = pipeline.summarise(finding)["images"]
         if self.heatmap_dir is not None:
@@ -159,7 +159,7 @@ class _Runner:
             p = float(classifier.predict_images([image.display])[0])
         info = classifier.model_info
         return {
-            "label": "covid" if p >= 0.5 else "noncovid",
+            "label": "covid" if p >= classifier.threshold else "noncovid",
             "probabilities": {"covid": round(p, 4), "noncovid": round(1.0 - p, 4)},
             "covid_probability": round(p, 4),
             "model": {"name": info.name, "version": info.version},

@@ -26,12 +26,12 @@ class AugmentConfig:
     gamma: float = 1.5  # gamma in [1/gamma, gamma], log-uniform
     contrast: float = 0.25
     brightness: float = 0.08
-    lowres_prob: float = 0.4  # probability of down-and-up sampling a batch
-    lowres_min: float = 0.4  # smallest relative size when it happens
+    lowres_prob: float = 0.4  # probability of down-and-up sampling an image
+    lowres_min: float = 0.6  # smallest relative size when it happens
     noise: float = 0.03  # max std of additive Gaussian noise
     rectangles: int = 2  # random rectangles per image ...
     rectangle_prob: float = 0.4  # ... each drawn with this probability
-    rectangle_max: float = 0.25  # max side as a fraction of the image side
+    rectangle_max: float = 0.15  # max side as a fraction of the image side
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +91,10 @@ def _low_resolution(images: tf.Tensor, gen: tf.random.Generator, cfg: AugmentCon
     small = tf.maximum(tf.cast(tf.cast(size, tf.float32) * rel, tf.int32), 8)
     down = tf.image.resize(images, small, method="area")
     up = tf.image.resize(down, size, method="bilinear")
-    return tf.cond(gen.uniform([]) < cfg.lowres_prob, lambda: up, lambda: images)
+    # Chosen per image, not per batch: a whole blurred batch would swing the batch-norm
+    # statistics between batches and destabilise training.
+    chosen = gen.uniform([tf.shape(images)[0]]) < cfg.lowres_prob
+    return tf.where(chosen[:, None, None, None], up, images)
 
 
 def _intensity(images: tf.Tensor, gen: tf.random.Generator, cfg: AugmentConfig) -> tf.Tensor:

@@ -46,6 +46,8 @@ def _split_section(name: str, metrics: Mapping[str, Any], classes: list[str]) ->
         f"- Expected calibration error (top label, 10 bins, after temperature scaling) "
         f"{_f(metrics['ece'])}",
         "",
+        "Labels (accuracy, sensitivity, specificity, confusion matrix) follow the label rule.",
+        "",
         "| class | n | sensitivity (95% CI) | specificity (95% CI) | ROC AUC (95% CI) |",
         "|---|---:|---|---|---|",
     ]
@@ -101,13 +103,22 @@ def write_markdown(card: Mapping[str, Any], path: Path) -> None:
         f"- Input: {card['input']['size']}x{card['input']['size']} grey, "
         f"{card['input']['description']}",
         f"- Temperature (fitted on validation): {_f(card['temperature'])}",
+        f"- Label rule: {card['decision']['rule']}; weights "
+        f"{dict(zip(classes, [round(w, 3) for w in card['decision']['weights']], strict=True))}"
+        + (
+            f" (fitted on validation for {card['decision']['target']['class']} sensitivity "
+            f">= {card['decision']['target']['sensitivity']})"
+            if "target" in card["decision"]
+            else ""
+        ),
         f"- Grad-CAM layer: `{card['gradcam_layer']}`",
         "",
         "## Training",
         "",
         f"- Command: `{t['command']}`",
         f"- Seed {t['seed']}; epochs run {t['epochs_run']} (best {t['best_epoch']}); "
-        f"batch {t['batch_size']}; {t['optimizer']} lr {t['learning_rate']}",
+        f"batch {t['batch_size']}; {t['optimizer']} lr {t['learning_rate']} "
+        f"({t.get('learning_rate_schedule', 'constant')})",
         f"- Class weighting: {t['class_weighting']}",
         f"- Augmentation: `{json.dumps(t['augmentation'])}`",
         f"- Duration: {t['duration_s']:.0f} s on {t['machine']}",

@@ -34,7 +34,7 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = logits / temperature
     scaled = scaled - scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -117,6 +117,28 @@ def auc_with_ci(
     }
 
 
+def decide(probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+    """The label rule of the node: ``argmax_k(p_k * w_k)`` (plain argmax without weights)."""
+    if weights is None:
+        return probs.argmax(axis=1)
+    return (probs * np.asarray(weights)[np.newaxis, :]).argmax(axis=1)
+
+
+def fit_decision_weight(
+    probs: np.ndarray, y: np.ndarray, k: int, target_sensitivity: float, max_weight: float = 10.0
+) -> float:
+    """Smallest weight w >= 1 on class ``k`` giving at least the target sensitivity (validation).
+
+    A triage operating point: missing the target class costs more than a false alarm.
+    """
+    for w in np.exp(np.linspace(0.0, np.log(max_weight), 400)):
+        weights = np.ones(probs.shape[1])
+        weights[k] = w
+        if (decide(probs[y == k], weights) == k).mean() >= target_sensitivity:
+            return float(w)
+    return float(max_weight)
+
+
 def evaluate(
     y: np.ndarray,
     probs: np.ndarray,
@@ -125,10 +147,15 @@ def evaluate(
     sources: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
-    """All metrics of one split (see module docstring); JSON-serialisable."""
+    """All metrics of one split (see module docstring); JSON-serialisable.
+
+    Labels (confusion matrix, sensitivity, specificity, accuracy) follow :func:`decide` with
+    ``weights``; ROC AUC and calibration use the probabilities themselves.
+    """
     n_classes = len(classes)
-    pred = probs.argmax(axis=1)
+    pred = decide(probs, weights)
     matrix = confusion_matrix(y, pred, labels=list(range(n_classes)))
     per_class = {}
     for k, name in enumerate(classes):
@@ -164,16 +191,20 @@ def evaluate(
         "classification_report": report,
         "ece": ece,
         "reliability_bins": bins,
-        "per_source": per_source(y, probs, classes, sources),
+        "per_source": per_source(y, probs, classes, sources, weights),
     }
 
 
 def per_source(
-    y: np.ndarray, probs: np.ndarray, classes: Sequence[str], sources: Sequence[str]
+    y: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    sources: Sequence[str],
+    weights: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """For each source: n, accuracy (Wilson CI), and the confusion rows of its true classes."""
     sources_arr = np.asarray(sources)
-    pred = probs.argmax(axis=1)
+    pred = decide(probs, weights)
     result: dict[str, Any] = {}
     for source in sorted(set(sources_arr.tolist())):
         members = sources_arr == source
@@ -201,10 +232,15 @@ def per_source(
     return result
 
 
-def out_of_set(probs: np.ndarray, classes: Sequence[str], sources: Sequence[str]) -> dict[str, Any]:
+def out_of_set(
+    probs: np.ndarray,
+    classes: Sequence[str],
+    sources: Sequence[str],
+    weights: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """How images of a class the model does not know (e.g. viral pneumonia) get labelled."""
     sources_arr = np.asarray(sources)
-    pred = probs.argmax(axis=1)
+    pred = decide(probs, weights)
     result: dict[str, Any] = {}
     for source in ["all", *sorted(set(sources_arr.tolist()))]:
         members = np.ones(len(pred), bool) if source == "all" else sources_arr == source

@@ -13,6 +13,10 @@ from typing import Any
 import keras
 from keras import layers
 
+# Batch-norm statistics follow the weights closely: with ~50 steps per epoch, Keras' default
+# 0.99 lags behind a from-scratch model and makes validation swing from epoch to epoch.
+BN_MOMENTUM = 0.9
+
 BACKBONES = ("compact", "inceptionv3", "densenet121", "resnet50", "xception")
 
 # keras.applications constructors and their documented input scaling, expressed as layers so
@@ -36,16 +40,16 @@ def _conv_bn(x: Any, filters: int, kernel: int = 3, strides: int = 1, name: str 
     x = layers.Conv2D(
         filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
 def _residual_block(x: Any, filters: int, name: str, out_name: str | None = None) -> Any:
     shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
-    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
     y = _conv_bn(x, filters, name=f"{name}_a")
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
-    y = layers.BatchNormalization(name=f"{name}_b_bn")(y)
+    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_b_bn")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.Activation("relu", name=out_name or f"{name}_out")(y)
 
@@ -53,10 +57,10 @@ def _residual_block(x: Any, filters: int, name: str, out_name: str | None = None
 def build_compact(
     input_size: int,
     n_classes: int,
-    widths: tuple[int, ...] = (32, 48, 96, 192),
+    widths: tuple[int, ...] = (32, 64, 128, 256),
     dropout: float = 0.3,
 ) -> keras.Model:
-    """A small residual CNN (~0.6 M parameters, ~0.3 GMAC at 224 px): stem /4, then three
+    """A small residual CNN (~1.2 M parameters, ~0.5 GMAC at 224 px): stem /4, then three
     residual stages with max-pooling between them; the last stage (/16) feeds Grad-CAM."""
     inputs = keras.Input((input_size, input_size, 1), name="image")
     x = layers.Rescaling(2.0, offset=-1.0, name="scale")(inputs)

@@ -38,7 +38,13 @@ from training.data import (
     select,
     split_counts,
 )
-from training.evaluate import evaluate, fit_temperature, out_of_set, softmax
+from training.evaluate import (
+    evaluate,
+    fit_decision_weight,
+    fit_temperature,
+    out_of_set,
+    softmax,
+)
 
 # A function computing logits for model inputs: what extra evaluations get.
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -57,6 +63,8 @@ class TaskSpec:
     out_of_set_classes: tuple[str, ...] = ()
     input_description: str = ""
     extra_card: dict[str, Any] = field(default_factory=dict)
+    # (class, sensitivity): the label rule weights this class until validation reaches it.
+    operating_point: tuple[str, float] | None = None
     # (title, description, fn(logits_fn, temperature, data_dir, classes) -> results)
     extra_evaluations: tuple[tuple[str, str, Callable[..., Any]], ...] = ()
 
@@ -76,12 +84,14 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     optimizer: str = "adamw"
+    schedule: str = "cosine"  # cosine | plateau | constant
     seed: int = 42
-    patience: int | None = 10  # None: no early stopping (fixed epochs)
+    patience: int | None = 15  # None: no early stopping (fixed epochs)
     source_balance: float = 0.5
     limit_per_class: int | None = None
     eval_splits: tuple[str, ...] = ("val", "test")
     n_boot: int = 1000
+    target_sensitivity: float | None = None  # overrides the task's operating point; 0: none
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     command: str = ""
 
@@ -153,10 +163,18 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     model = build_model(
         cfg.backbone, cfg.input_size, len(classes), cfg.weights, cfg.freeze_backbone, cfg.head
     )
+    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
+    learning_rate: Any = cfg.learning_rate
+    if cfg.schedule == "cosine":
+        # Cosine decay over the whole run: unlike reduce-on-plateau, it does not collapse the
+        # rate early when the (small, noisy) validation loss stalls for a few epochs.
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.01
+        )
     if cfg.optimizer == "adam":
-        optimizer: Any = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer: Any = keras.optimizers.Adam(learning_rate)
     else:
-        optimizer = keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
 
     generator = tf.random.Generator.from_seed(cfg.seed)
@@ -184,20 +202,29 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     ]
     if cfg.patience is not None:
         callbacks += [
+            # With a decaying schedule the early, high-rate epochs are not candidates: monitoring
+            # starts halfway, then the best validation epoch is restored.
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=cfg.patience, restore_best_weights=True
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3), min_lr=1e-5
+                monitor="val_loss",
+                patience=cfg.patience,
+                restore_best_weights=True,
+                start_from_epoch=cfg.epochs // 2 if cfg.schedule == "cosine" else 0,
             ),
         ]
+        if cfg.schedule == "plateau":
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3), min_lr=1e-5
+                )
+            )
     _log(f"training {cfg.backbone} ({model.count_params():,} parameters) on {len(train)} images")
     fit = model.fit(
         train_ds, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=0
     )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    first = cfg.epochs // 2 if cfg.schedule == "cosine" and cfg.patience is not None else 0
     best_epoch = (
-        int(np.argmin(history["val_loss"])) + 1
+        first + int(np.argmin(history["val_loss"][first:])) + 1
         if cfg.patience is not None
         else len(history["loss"])
     )
@@ -213,6 +240,24 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
 
     logits = {s: logits_fn(arrays[s]) for s in splits if s != "train"}
     temperature = fit_temperature(logits["val"], labels["val"]) if len(labels["val"]) else 1.0
+    decision: dict[str, Any] = {"rule": "label = argmax(p)", "weights": [1.0] * len(classes)}
+    operating_point = task.operating_point
+    if operating_point and cfg.target_sensitivity is not None:
+        operating_point = (
+            (operating_point[0], cfg.target_sensitivity) if cfg.target_sensitivity else None
+        )
+    if operating_point and len(labels["val"]):
+        positive, target = operating_point
+        k = classes.index(positive)
+        w = fit_decision_weight(softmax(logits["val"], temperature), labels["val"], k, target)
+        decision = {
+            "rule": "label = argmax(p_k * weight_k) over the calibrated probabilities",
+            "weights": [w if i == k else 1.0 for i in range(len(classes))],
+            "fitted_on": "val",
+            "target": {"class": positive, "sensitivity": target},
+        }
+        _log(f"decision weight for {positive}: {w:.3f} (validation sensitivity >= {target})")
+    weights_k = decision["weights"]
     _log(f"temperature fitted on validation: {temperature:.3f}")
 
     metrics: dict[str, Any] = {}
@@ -229,6 +274,7 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
             [r.source for r in recs],
             n_boot=cfg.n_boot,
             seed=cfg.seed,
+            weights=weights_k,
         )
         m = metrics[split]
         _log(
@@ -274,7 +320,9 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
             recs = recs[: cfg.limit_per_class]
         if recs:
             probs = softmax(logits_fn(load_inputs(recs, cfg.data_dir, cfg.input_size)), temperature)
-            extra_out_of_set[split] = out_of_set(probs, classes, [r.source for r in recs])
+            extra_out_of_set[split] = out_of_set(
+                probs, classes, [r.source for r in recs], weights_k
+            )
             prediction_rows += [
                 [split, r.path, r.source, r.label, *(f"{p:.5f}" for p in row)]
                 for r, row in zip(recs, probs, strict=True)
@@ -320,6 +368,7 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
         },
         "logits_layer": "logits",
         "temperature": temperature,
+        "decision": decision,
         "gradcam_layer": gradcam_layer_name(cfg.backbone),
         "architecture": {
             "backbone": cfg.backbone,
@@ -336,12 +385,18 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
             "best_epoch": best_epoch,
             "early_stopping": (
                 f"val_loss, patience {cfg.patience}, best weights restored"
+                + (
+                    f" (monitored from epoch {cfg.epochs // 2 + 1})"
+                    if cfg.schedule == "cosine"
+                    else ""
+                )
                 if cfg.patience is not None
                 else "none (fixed number of epochs)"
             ),
             "batch_size": cfg.batch_size,
             "optimizer": cfg.optimizer,
             "learning_rate": cfg.learning_rate,
+            "learning_rate_schedule": cfg.schedule,
             "weight_decay": cfg.weight_decay if cfg.optimizer == "adamw" else 0.0,
             "class_weighting": "per-sample weights: classes equal in total; within a class, "
             f"source families weighted by n^-{cfg.source_balance} (source_balance)",
@@ -446,6 +501,13 @@ def common_arguments(parser: Any, defaults: TrainConfig, name: str) -> None:
         default=defaults.n_boot,
         help="bootstrap resamples for AUC confidence intervals",
     )
+    parser.add_argument(
+        "--target-sensitivity",
+        type=float,
+        default=None,
+        help="validation sensitivity the label rule must reach for the task's target class "
+        "(default: the task's operating point; 0: plain argmax)",
+    )
 
 
 def config_from_args(
@@ -470,9 +532,11 @@ def config_from_args(
         "limit_per_class": args.limit_per_class,
         "eval_splits": tuple(s for s in args.eval_splits.split(",") if s),
         "n_boot": args.n_boot,
+        "target_sensitivity": args.target_sensitivity,
         "augment": defaults.augment,
         "weight_decay": defaults.weight_decay,
         "optimizer": defaults.optimizer,
+        "schedule": defaults.schedule,
         "command": command,
     }
     values.update(overrides)

@@ -55,6 +55,11 @@ class CtSliceClassifier:
         self._percentiles = tuple(float(v) for v in card["input"].get("percentiles", (1, 99)))
         self._margin = float(card["input"].get("central_margin", 0.1))
         self._positive = self.classes.index(POSITIVE_CLASS)
+        # The card's label rule argmax(p_k * w_k) as a threshold on P(covid) (0.5 by default).
+        weights = card.get("decision", {}).get("weights", [1.0] * len(self.classes))
+        w_pos = float(weights[self._positive])
+        w_neg = max(float(w) for i, w in enumerate(weights) if i != self._positive)
+        self.threshold = w_neg / (w_pos + w_neg)
         logits_model = keras.Model(model.inputs, model.get_layer("logits").output)
         temperature = tf.constant(self.temperature, tf.float32)
 

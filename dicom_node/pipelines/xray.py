@@ -68,6 +68,9 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         self.input_size = int(card["input"]["size"])
         self._percentiles = tuple(card["input"].get("percentiles", (1.0, 99.0)))
         self._margin = float(card["input"].get("central_margin", 0.1))
+        # The label rule fitted on validation (triage operating point): argmax(p_k * w_k).
+        decision = card.get("decision", {})
+        self.decision_weights = np.asarray(decision.get("weights", [1.0] * len(classes)), float)
         self.cam = gradcam.GradCam(
             model,
             layer_name=card.get("gradcam_layer"),
@@ -147,7 +150,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             findings.append(
                 XrayImageFinding(
                     source_sop_instance_uid=image.source_sop_instance_uid,
-                    label=XRAY_CLASSES[int(np.argmax(probs))],
+                    label=XRAY_CLASSES[int(np.argmax(probs * self.decision_weights))],
                     probabilities={c: float(p) for c, p in zip(XRAY_CLASSES, probs, strict=True)},
                     heatmap=gradcam.resample(cam, rows, cols),
                     hot_region=gradcam.hot_region(cam, rows, cols),
@@ -165,7 +168,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
 
     def summarise(self, finding: XrayFinding) -> dict[str, Any]:
         """The most confident image's label and probabilities, plus each image's."""
-        best = most_confident(finding)
+        best = most_confident(finding, self.decision_weights)
         return {
             "label": best.label,
             "probabilities": {k: round(v, 4) for k, v in best.probabilities.items()},
@@ -180,8 +183,14 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         }
 
 
-def most_confident(finding: XrayFinding) -> XrayImageFinding:
-    """The study's result: the image whose top probability is highest."""
+def most_confident(finding: XrayFinding, weights: np.ndarray | None = None) -> XrayImageFinding:
+    """The study's result: the image with the highest normalised label-rule score p_k * w_k."""
     if not finding.images:
         raise PipelineError("the finding has no images")
-    return max(finding.images, key=lambda f: max(f.probabilities.values()))
+    w = np.ones(len(XRAY_CLASSES)) if weights is None else np.asarray(weights, float)
+
+    def confidence(f: XrayImageFinding) -> float:
+        scores = np.array([f.probabilities[c] for c in XRAY_CLASSES]) * w
+        return float(scores.max() / max(scores.sum(), 1e-12))
+
+    return max(finding.images, key=confidence)
