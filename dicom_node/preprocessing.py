@@ -132,22 +132,39 @@ def pil_to_display(image: Image.Image) -> np.ndarray:
     return np.asarray(grey, dtype=np.float32) / np.float32(255.0)
 
 
-def read_image(path: Path) -> LoadedImage:
-    """Read a DICOM, PNG or JPEG file into a display image; ``PreprocessingError`` otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise PreprocessingError(f"{path} is not a file")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return LoadedImage(path=path, display=pil_to_display(image))
-    except (UnidentifiedImageError, OSError):
-        pass  # not a PIL image: try DICOM
+def _has_dicom_preamble(path: Path) -> bool:
+    with path.open("rb") as handle:
+        head = handle.read(132)
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _read_dicom(path: Path) -> LoadedImage:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
         raise PreprocessingError(f"{path.name}: neither a DICOM nor a PNG/JPEG image") from exc
     return LoadedImage(path=path, display=dataset_to_display(ds), dataset=ds)
+
+
+def read_image(path: Path) -> LoadedImage:
+    """Read a DICOM, PNG or JPEG file into a display image; ``PreprocessingError`` otherwise.
+
+    DICOM is recognised by its preamble first: some DICOM files carry a TIFF header in the
+    preamble (dual-personality files, e.g. pydicom-data's RG1_UNCR.dcm), and read as TIFF they
+    would skip the Modality/VOI LUT and MONOCHROME1 inversion.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PreprocessingError(f"{path} is not a file")
+    if _has_dicom_preamble(path):
+        return _read_dicom(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return LoadedImage(path=path, display=pil_to_display(image))
+    except (UnidentifiedImageError, OSError):
+        pass  # not a PIL image: DICOM without preamble?
+    return _read_dicom(path)
 
 
 def robust_stretch(

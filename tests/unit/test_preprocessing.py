@@ -140,6 +140,14 @@ def test_8_bit_dicom_matches_png(shared_data: Path) -> None:
     np.testing.assert_allclose(to_model_input(display, SIZE), _input_from_png(png), atol=1e-3)
 
 
+def test_dicom_files_are_read_as_dicom_even_with_a_tiff_preamble() -> None:
+    """RG1_UNCR.dcm is also a valid TIFF: read as TIFF it would not be inverted (MONOCHROME1)."""
+    for name in ("RG1_UNCR.dcm", "RG1_J2KR.dcm"):
+        loaded = read_image(Path(get_testdata_file(name)))
+        assert loaded.dataset is not None
+        np.testing.assert_array_equal(loaded.display, dataset_to_display(loaded.dataset))
+
+
 def test_jpeg2000_dicom_matches_uncompressed() -> None:
     plain = dataset_to_display(pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm")))
     j2k = dataset_to_display(pydicom.dcmread(get_testdata_file("RG1_J2KR.dcm")))
