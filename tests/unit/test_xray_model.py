@@ -1,0 +1,169 @@
+"""The shipped X-ray model: checksum-verified loading, the pipeline end to end, batching."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from sklearn.metrics import roc_auc_score
+
+from dicom_node.model_store import ModelStoreError, find_artefact
+from dicom_node.pipelines.base import PipelineError
+from dicom_node.pipelines.findings import XRAY_CLASSES
+from dicom_node.pipelines.xray import XrayPipeline
+from dicom_node.preprocessing import read_image
+from training.data import read_manifest
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> XrayPipeline:
+    return XrayPipeline.load()
+
+
+@pytest.fixture(scope="module")
+def rg1() -> pydicom.Dataset:
+    return pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+
+
+def test_shipped_artefact_is_verified_and_described() -> None:
+    artefact = find_artefact("xray_classifier")  # verifies SHA256SUMS
+    card = artefact.card
+    assert tuple(card["classes"]) == XRAY_CLASSES
+    assert (artefact.directory / "model_card.md").is_file()
+    assert artefact.weights_path.stat().st_size < 30 * 2**20  # small enough to commit
+    test = card["metrics"]["test"]
+    assert test["macro_roc_auc"] >= 0.95  # the issue's quality bar (COVID-19 sensitivity: README)
+
+
+def test_card_metrics_agree_with_the_saved_predictions() -> None:
+    """The card's test numbers are recomputed from predictions.csv and the card's label rule."""
+    artefact = find_artefact("xray_classifier")
+    card = artefact.card
+    with (artefact.directory / "predictions.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if r["split"] == "test"]
+    rows = [r for r in rows if r["true"] in XRAY_CLASSES]
+    probs = np.array([[float(r[f"p_{c}"]) for c in XRAY_CLASSES] for r in rows])
+    truth = np.array([XRAY_CLASSES.index(r["true"]) for r in rows])
+    predicted = (probs * np.asarray(card["decision"]["weights"])).argmax(axis=1)
+    test = card["metrics"]["test"]
+    assert len(rows) == test["n"]
+    np.testing.assert_array_equal(
+        np.bincount(truth * 3 + predicted, minlength=9).reshape(3, 3), test["confusion_matrix"]
+    )
+    covid = truth == 0
+    assert (predicted[covid] == 0).mean() == pytest.approx(
+        test["per_class"]["covid"]["sensitivity"]
+    )
+    auc = np.mean([roc_auc_score(truth == k, probs[:, k]) for k in range(3)])
+    assert auc == pytest.approx(test["macro_roc_auc"], abs=1e-3)
+
+
+def test_tampered_weights_or_card_are_refused(tmp_path: Path) -> None:
+    artefact = find_artefact("xray_classifier")
+    for name in ("model.keras", "model_card.json"):
+        target = tmp_path / name.replace(".", "_") / "xray_classifier" / artefact.version
+        shutil.copytree(artefact.directory, target)
+        with (target / name).open("r+b") as handle:
+            handle.seek(100)
+            byte = handle.read(1)
+            handle.seek(100)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        with pytest.raises(ModelStoreError, match="checksum mismatch"):
+            XrayPipeline.load(models_dir=target.parent.parent)
+
+
+def test_real_cr_end_to_end(pipeline: XrayPipeline, rg1: pydicom.Dataset) -> None:
+    finding = pipeline.run([rg1])
+    assert len(finding.images) == 1
+    image = finding.images[0]
+    assert image.source_sop_instance_uid == rg1.SOPInstanceUID
+    assert tuple(image.probabilities) == XRAY_CLASSES
+    assert sum(image.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    weights = pipeline.artefact.card["decision"]["weights"]
+    scores = [image.probabilities[c] * w for c, w in zip(XRAY_CLASSES, weights, strict=True)]
+    assert image.label == XRAY_CLASSES[int(np.argmax(scores))]
+    assert weights[0] >= 1.0 and weights[1:] == [1.0, 1.0]  # only COVID-19 is weighted
+    assert image.heatmap.shape == (rg1.Rows, rg1.Columns)
+    assert image.heatmap.min() >= 0.0 and image.heatmap.max() <= 1.0
+    assert image.display_image.shape == (rg1.Rows, rg1.Columns)
+    assert image.display_image.dtype == np.uint8
+    # MONOCHROME1 shown as MONOCHROME2: the mediastinum is brighter than the lung fields.
+    d = image.display_image.astype(float)
+    rows, cols = d.shape
+    assert (
+        d[rows // 3 : rows // 2, cols // 2 - 50 : cols // 2 + 50].mean()
+        > d[rows // 3 : rows // 2, cols // 5 : cols // 3].mean()
+    )
+    polygon = image.hot_region
+    np.testing.assert_array_equal(polygon[0], polygon[-1])
+    assert polygon[:, 0].max() <= rg1.Columns - 1 and polygon[:, 1].max() <= rg1.Rows - 1
+    # The polygon surrounds the hottest pixel of the heatmap.
+    from matplotlib.path import Path as PolygonPath
+
+    hot_row, hot_col = np.unravel_index(np.argmax(image.heatmap), image.heatmap.shape)
+    assert PolygonPath(polygon).contains_point((hot_col, hot_row), radius=2.0)
+
+
+def test_gradcam_layer_is_the_cards_and_spatial(pipeline: XrayPipeline) -> None:
+    assert pipeline.cam.layer_name == pipeline.artefact.card["gradcam_layer"]
+    model_input = np.zeros((1, pipeline.input_size, pipeline.input_size, 1), np.float32)
+    cams = pipeline.cam(model_input).cams
+    assert cams.shape[1] > 1 and cams.shape[2] > 1
+
+
+def test_batches_give_the_same_result_as_single_images(
+    pipeline: XrayPipeline, shared_data: Path
+) -> None:
+    records = [r for r in read_manifest(shared_data) if r.modality == "xray" and r.split == "val"]
+    images = [read_image(shared_data / r.path) for r in records[:5]]
+    batch = pipeline.predict(pipeline.prepare_images(images))
+    for i, image in enumerate(images):
+        single = pipeline.predict(pipeline.prepare_images([image]))
+        np.testing.assert_allclose(single.probabilities[0], batch.probabilities[i], atol=1e-4)
+        np.testing.assert_allclose(single.cams[0], batch.cams[i], atol=1e-3)
+
+
+def test_validation_images_are_mostly_right(pipeline: XrayPipeline, shared_data: Path) -> None:
+    """Through the node's own path; the validation split, never the test split."""
+    records = [
+        r
+        for r in read_manifest(shared_data)
+        if r.modality == "xray" and r.split == "val" and r.label in XRAY_CLASSES
+    ][::3]
+    images = [read_image(shared_data / r.path) for r in records]
+    probs = pipeline.predict(pipeline.prepare_images(images)).probabilities
+    predicted = [XRAY_CLASSES[i] for i in (probs * pipeline.decision_weights).argmax(axis=1)]
+    accuracy = np.mean([p == r.label for p, r in zip(predicted, records, strict=True)])
+    assert accuracy > 0.8
+
+
+def test_lateral_views_are_skipped(pipeline: XrayPipeline, rg1: pydicom.Dataset) -> None:
+    lateral = copy.deepcopy(rg1)
+    lateral.ViewPosition = "LL"
+    with pytest.raises(PipelineError, match="lateral"):
+        pipeline.preprocess([lateral])
+    frontal = copy.deepcopy(rg1)
+    frontal.ViewPosition = "PA"
+    assert len(pipeline.preprocess([lateral, frontal]).images) == 1
+
+
+def test_png_input_goes_through_the_same_pipeline(
+    pipeline: XrayPipeline, rg1: pydicom.Dataset, tmp_path: Path
+) -> None:
+    """The DICOM and its display image as PNG give the same probabilities."""
+    from_dicom = pipeline.run([rg1]).images[0]
+    png = tmp_path / "rg1.png"
+    Image.fromarray(from_dicom.display_image).save(png)
+    prepared = pipeline.prepare_images([read_image(png)])
+    from_png = pipeline.postprocess(pipeline.predict(prepared), prepared).images[0]
+    for name in XRAY_CLASSES:
+        assert from_png.probabilities[name] == pytest.approx(
+            from_dicom.probabilities[name], abs=0.02
+        )
