@@ -144,6 +144,19 @@ def write_markdown(card: Mapping[str, Any], path: Path) -> None:
             f"```json\n{json.dumps(_clean(section['results']), indent=1)}\n```",
             "",
         ]
+    if card.get("targets"):
+        lines += [
+            "### Quality targets",
+            "",
+            "| split | metric | target | result | |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t['split']} | {t['metric']} | >= {t['minimum']:.2f} | {t['value']:.3f} | "
+            f"{'met' if t['met'] else '**not met**'} |"
+            for t in card["targets"]
+        ]
+        lines += [""]
     lines += ["## Limitations", ""]
     lines += [f"- {item}" for item in card["limitations"]]
     lines += ["", "## Plots", ""]

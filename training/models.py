@@ -158,3 +158,48 @@ def build_model(
 
 def gradcam_layer_name(backbone: str) -> str:
     return "gradcam_features" if backbone == "compact" else APPLICATION_GRADCAM_LAYER[backbone]
+
+
+def average_ensemble(members: list[keras.Model], name: str = "compact_ensemble") -> keras.Model:
+    """One model whose logits are the mean of the members' logits.
+
+    Each member must end ``gradcam_features -> GlobalAveragePooling2D -> (Dropout) -> logits``
+    (the compact CNN). The members' trunks run side by side on the shared input (their layers
+    renamed ``m<i>_...``); their feature maps are concatenated into one ``gradcam_features``
+    layer, pooled, and fed to one ``logits`` Dense layer whose kernel is the members' kernels
+    stacked and divided by their number, and whose bias is the mean of their biases. Because
+    pooling and the Dense layer are linear (dropout is off at inference), this equals averaging
+    the members' logits exactly, and Grad-CAM on ``gradcam_features`` is the members' Grad-CAMs
+    averaged. The node loads it like any single model.
+    """
+    import numpy as np
+
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    inputs = keras.Input(tuple(members[0].inputs[0].shape[1:]), name="image")
+    features, kernels, biases = [], [], []
+    for i, member in enumerate(members):
+        trunk = keras.Model(member.inputs, member.get_layer("gradcam_features").output)
+
+        def rename(layer: Any, prefix: str = f"m{i}_") -> Any:
+            return layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
+
+        clone = keras.models.clone_model(trunk, input_tensors=[inputs], clone_function=rename)
+        for layer in trunk.layers:
+            if layer.weights and not isinstance(layer, keras.layers.InputLayer):
+                clone.get_layer(f"m{i}_{layer.name}").set_weights(layer.get_weights())
+        features.append(clone.outputs[0])
+        kernel, bias = member.get_layer("logits").get_weights()
+        kernels.append(kernel)
+        biases.append(bias)
+    x = (
+        layers.Concatenate(name="gradcam_features")(features)
+        if len(features) > 1
+        else layers.Identity(name="gradcam_features")(features[0])
+    )
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    dense = layers.Dense(kernels[0].shape[1], name="logits")
+    logits = dense(x)
+    dense.set_weights([np.concatenate(kernels, axis=0) / len(members), np.mean(biases, axis=0)])
+    probs = layers.Activation("softmax", name="probs", dtype="float32")(logits)
+    return keras.Model(inputs, probs, name=name)

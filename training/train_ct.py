@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,13 @@ CT_TASK = TaskSpec(
             evaluate_ct_dicom,
         ),
     ),
+    targets=(("test", "macro_roc_auc", 0.90),),
 )
 
 CT_AUGMENT = AugmentConfig(rotation_deg=15.0, flip=True, aspect=0.1, shift=0.08, zoom=0.15)
+# Without the source-style perturbations (low resolution, noise, rectangles).
+CT_AUGMENT_LIGHT = replace(CT_AUGMENT, lowres_prob=0.0, noise=0.01, rectangles=0)
+AUGMENT_PRESETS = {"robust": CT_AUGMENT, "light": CT_AUGMENT_LIGHT}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +137,22 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     common_arguments(parser, defaults, NAME)
+    parser.add_argument(
+        "--augment",
+        choices=sorted(AUGMENT_PRESETS),
+        default="robust",
+        help="augmentation preset (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     card = run_training(
-        CT_TASK, config_from_args(args, defaults, NAME, command_line("training.train_ct", argv))
+        CT_TASK,
+        config_from_args(
+            args,
+            defaults,
+            NAME,
+            command_line("training.train_ct", argv),
+            augment=AUGMENT_PRESETS[args.augment],
+        ),
     )
     print_summary(card)
     return 0

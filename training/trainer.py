@@ -67,6 +67,9 @@ class TaskSpec:
     operating_point: tuple[str, float] | None = None
     # (title, description, fn(logits_fn, temperature, data_dir, classes) -> results)
     extra_evaluations: tuple[tuple[str, str, Callable[..., Any]], ...] = ()
+    # (split, metric path in the split's metrics such as "macro_roc_auc" or
+    # "per_class.covid.sensitivity", minimum): the issue's quality bar, reported met or not.
+    targets: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ class TrainConfig:
     eval_splits: tuple[str, ...] = ("val", "test")
     n_boot: int = 1000
     target_sensitivity: float | None = None  # overrides the task's operating point; 0: none
+    init_from: Path | None = None  # a .keras model whose same-named layers initialise this one
+    ensemble: int = 1  # models trained with seeds seed, seed+1, ...; their logits averaged
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     command: str = ""
 
@@ -125,7 +130,76 @@ def _log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
+def _initialise_from(model: Any, path: Path) -> int:
+    """Copy weights of same-named, same-shaped layers (not the classifier head) from a model."""
+    import keras
+
+    source = keras.models.load_model(path, compile=False)
+    names = {layer.name for layer in source.layers}
+    copied = 0
+    for layer in model.layers:
+        if layer.name in ("logits",) or not layer.weights or layer.name not in names:
+            continue
+        weights = source.get_layer(layer.name).get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in layer.weights]:
+            layer.set_weights(weights)
+            copied += 1
+    if copied == 0:
+        raise ValueError(f"no layer of {path} matches the model being trained")
+    return copied
+
+
+def _macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """One-vs-rest macro ROC AUC (for logging members; the card uses ``evaluate``)."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=range(probs.shape[1])))
+
+
+def _check_targets(
+    targets: Sequence[tuple[str, str, float]], metrics: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The task's quality targets on the evaluated splits, with the values reached."""
+    results = []
+    for split, path, minimum in targets:
+        if split not in metrics:
+            continue
+        value: Any = metrics[split]
+        for key in path.split("."):
+            value = value[key]
+        results.append(
+            {
+                "split": split,
+                "metric": path,
+                "minimum": minimum,
+                "value": float(value),
+                "met": bool(value >= minimum),
+            }
+        )
+    return results
+
+
+def _target_limitations(targets: Sequence[dict[str, Any]]) -> list[str]:
+    return [
+        f"Below the issue's target: {t['metric']} on the {t['split']} split is "
+        f"{t['value']:.3f} (target >= {t['minimum']:.2f})."
+        for t in targets
+        if not t["met"]
+    ]
+
+
 def _weights_provenance(cfg: TrainConfig) -> str:
+    if cfg.init_from is not None:
+        from dicom_node.model_store import sha256_file
+
+        return (
+            f"initialised from {cfg.init_from} (SHA-256 {sha256_file(cfg.init_from)[:16]}...; "
+            "same-named layers, classifier head excluded), then fine-tuned"
+        )
     if cfg.weights is None:
         return "trained from scratch (random initialisation, seed above); no pretrained weights"
     if cfg.weights == "imagenet":
@@ -139,7 +213,7 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     import tensorflow as tf
 
     from training.augment import augment_batch
-    from training.models import build_model, gradcam_layer_name
+    from training.models import average_ensemble, build_model, gradcam_layer_name
 
     started = time.time()
     keras.utils.set_random_seed(cfg.seed)
@@ -160,74 +234,113 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     weights = sample_weights(
         [r.label for r in train], [r.family for r in train], classes, cfg.source_balance
     )
-    model = build_model(
-        cfg.backbone, cfg.input_size, len(classes), cfg.weights, cfg.freeze_backbone, cfg.head
-    )
-    steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
-    learning_rate: Any = cfg.learning_rate
-    if cfg.schedule == "cosine":
-        # Cosine decay over the whole run: unlike reduce-on-plateau, it does not collapse the
-        # rate early when the (small, noisy) validation loss stalls for a few epochs.
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.01
+
+    def fit_member(seed: int, history_path: Path) -> tuple[Any, dict[str, list[float]], int]:
+        """Train one model (one seed); returns it, its history and its restored epoch."""
+        keras.utils.set_random_seed(seed)
+        model = build_model(
+            cfg.backbone, cfg.input_size, len(classes), cfg.weights, cfg.freeze_backbone, cfg.head
         )
-    if cfg.optimizer == "adam":
-        optimizer: Any = keras.optimizers.Adam(learning_rate)
-    else:
-        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
-    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
-
-    generator = tf.random.Generator.from_seed(cfg.seed)
-
-    def augment(x: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
-        return augment_batch(x, generator, cfg.augment), y, w
-
-    onehot = np.eye(len(classes), dtype=np.float32)
-    train_ds = (
-        tf.data.Dataset.from_tensor_slices((arrays["train"], onehot[labels["train"]], weights))
-        .shuffle(len(train), seed=cfg.seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .map(augment, num_parallel_calls=1, deterministic=True)
-        .prefetch(1)
-    )
-    val_data = (arrays["val"], onehot[labels["val"]])
-    callbacks: list[Any] = [
-        keras.callbacks.CSVLogger(str(cfg.out_dir / "history.csv")),
-        keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: _log(
-                f"epoch {epoch + 1}: "
-                + " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        if cfg.init_from is not None:
+            copied = _initialise_from(model, cfg.init_from)
+            _log(f"initialised {copied} layers from {cfg.init_from}")
+        steps_per_epoch = max(1, -(-len(train) // cfg.batch_size))
+        learning_rate: Any = cfg.learning_rate
+        if cfg.schedule == "cosine":
+            # Cosine decay over the whole run: unlike reduce-on-plateau, it does not collapse the
+            # rate early when the (small, noisy) validation loss stalls for a few epochs.
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch, alpha=0.01
             )
-        ),
-    ]
-    if cfg.patience is not None:
-        callbacks += [
-            # With a decaying schedule the early, high-rate epochs are not candidates: monitoring
-            # starts halfway, then the best validation epoch is restored.
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=cfg.patience,
-                restore_best_weights=True,
-                start_from_epoch=cfg.epochs // 2 if cfg.schedule == "cosine" else 0,
+        if cfg.optimizer == "adam":
+            optimizer: Any = keras.optimizers.Adam(learning_rate)
+        else:
+            optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+
+        generator = tf.random.Generator.from_seed(seed)
+
+        def augment(x: Any, y: Any, w: Any) -> tuple[Any, Any, Any]:
+            return augment_batch(x, generator, cfg.augment), y, w
+
+        onehot = np.eye(len(classes), dtype=np.float32)
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((arrays["train"], onehot[labels["train"]], weights))
+            .shuffle(len(train), seed=seed, reshuffle_each_iteration=True)
+            .batch(cfg.batch_size)
+            .map(augment, num_parallel_calls=1, deterministic=True)
+            .prefetch(1)
+        )
+        val_data = (arrays["val"], onehot[labels["val"]])
+        callbacks: list[Any] = [
+            keras.callbacks.CSVLogger(str(history_path)),
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: _log(
+                    f"epoch {epoch + 1}: "
+                    + " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+                )
             ),
         ]
-        if cfg.schedule == "plateau":
-            callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3), min_lr=1e-5
+        if cfg.patience is not None:
+            callbacks += [
+                # With a decaying schedule the early, high-rate epochs are not candidates:
+                # monitoring starts halfway, then the best validation epoch is restored.
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=cfg.patience,
+                    restore_best_weights=True,
+                    start_from_epoch=cfg.epochs // 2 if cfg.schedule == "cosine" else 0,
+                ),
+            ]
+            if cfg.schedule == "plateau":
+                callbacks.append(
+                    keras.callbacks.ReduceLROnPlateau(
+                        monitor="val_loss",
+                        factor=0.5,
+                        patience=max(2, cfg.patience // 3),
+                        min_lr=1e-5,
+                    )
                 )
-            )
-    _log(f"training {cfg.backbone} ({model.count_params():,} parameters) on {len(train)} images")
-    fit = model.fit(
-        train_ds, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=0
-    )
-    history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    first = cfg.epochs // 2 if cfg.schedule == "cosine" and cfg.patience is not None else 0
-    best_epoch = (
-        first + int(np.argmin(history["val_loss"][first:])) + 1
-        if cfg.patience is not None
-        else len(history["loss"])
-    )
+        _log(
+            f"training {cfg.backbone} ({model.count_params():,} parameters) on {len(train)} images"
+        )
+        fit = model.fit(
+            train_ds, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=0
+        )
+        history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+        first = cfg.epochs // 2 if cfg.schedule == "cosine" and cfg.patience is not None else 0
+        best_epoch = (
+            first + int(np.argmin(history["val_loss"][first:])) + 1
+            if cfg.patience is not None
+            else len(history["loss"])
+        )
+        return model, history, best_epoch
+
+    seeds = [cfg.seed + i for i in range(cfg.ensemble)]
+    members = []
+    for seed in seeds:
+        path = cfg.out_dir / ("history.csv" if seed == cfg.seed else f"history_seed{seed}.csv")
+        member, member_history, member_best = fit_member(seed, path)
+        member_probs = member.predict(arrays["val"], batch_size=32, verbose=0)
+        member_auc = _macro_auc(labels["val"], member_probs)
+        _log(f"seed {seed}: restored epoch {member_best}, val macro AUC {member_auc:.3f}")
+        members.append(
+            {
+                "seed": seed,
+                "model": member,
+                "history": member_history,
+                "best_epoch": member_best,
+                "val_macro_auc": member_auc,
+            }
+        )
+    history, best_epoch = members[0]["history"], members[0]["best_epoch"]
+    if len(members) == 1:
+        model = members[0]["model"]
+    else:
+        if cfg.backbone != "compact":
+            raise ValueError("--ensemble is implemented for the compact CNN only")
+        model = average_ensemble([m["model"] for m in members])
+        _log(f"averaged {len(members)} models (seeds {seeds}) into one")
 
     # Inference graph without the optimizer: small artefact, and the logits for temperature.
     inference = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -344,12 +457,19 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     plots.training_curves(
         history, cfg.out_dir / "training_curves.png", f"{task.name} {cfg.version} ({cfg.backbone})"
     )
+    for m in members[1:]:
+        name = f"training_curves_seed{m['seed']}.png"
+        plots.training_curves(
+            m["history"], cfg.out_dir / name, f"{task.name} {cfg.version} (seed {m['seed']})"
+        )
+        plot_files.append(name)
     with (cfg.out_dir / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["split", "path", "source", "true", *[f"p_{c}" for c in classes]])
         writer.writerows(prediction_rows)
 
     inference.save(cfg.out_dir / WEIGHTS_FILE)
+    targets = _check_targets(task.targets, metrics)
     card: dict[str, Any] = {
         "name": task.name,
         "version": cfg.version,
@@ -374,7 +494,12 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
             "backbone": cfg.backbone,
             "head": cfg.head,
             "parameters": int(model.count_params()),
-            "weights_provenance": _weights_provenance(cfg),
+            "weights_provenance": _weights_provenance(cfg)
+            + (
+                f"; {len(members)} such models (seeds {seeds[0]}..{seeds[-1]}), logits averaged"
+                if len(members) > 1
+                else ""
+            ),
             "description": model.name,
         },
         "training": {
@@ -408,6 +533,22 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
             if not tf.config.list_physical_devices("GPU")
             else "GPU",
             "history": history,
+            "ensemble": {
+                "members": len(members),
+                "rule": "logits averaged (one Keras model; Grad-CAM layer = the members' "
+                "feature maps concatenated)"
+                if len(members) > 1
+                else "single model",
+                "seeds": [
+                    {
+                        "seed": m["seed"],
+                        "epochs_run": len(m["history"]["loss"]),
+                        "best_epoch": m["best_epoch"],
+                        "val_macro_auc": m["val_macro_auc"],
+                    }
+                    for m in members
+                ],
+            },
         },
         "data": {
             "data_dir": str(cfg.data_dir),
@@ -422,7 +563,8 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
         "metrics": metrics,
         "extra_evaluations": extra_evaluations,
         "intended_use": task.intended_use,
-        "limitations": list(task.limitations),
+        "limitations": [*_target_limitations(targets), *task.limitations],
+        "targets": targets,
         "plots": plot_files,
         **task.extra_card,
     }
@@ -502,6 +644,19 @@ def common_arguments(parser: Any, defaults: TrainConfig, name: str) -> None:
         help="bootstrap resamples for AUC confidence intervals",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="initialise same-named layers from this .keras model (transfer learning)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=defaults.ensemble,
+        help="train this many models (seeds seed, seed+1, ...) and average their logits "
+        "in one model (compact CNN only; default: %(default)s)",
+    )
+    parser.add_argument(
         "--target-sensitivity",
         type=float,
         default=None,
@@ -533,6 +688,8 @@ def config_from_args(
         "eval_splits": tuple(s for s in args.eval_splits.split(",") if s),
         "n_boot": args.n_boot,
         "target_sensitivity": args.target_sensitivity,
+        "init_from": args.init_from,
+        "ensemble": args.ensemble,
         "augment": defaults.augment,
         "weight_decay": defaults.weight_decay,
         "optimizer": defaults.optimizer,

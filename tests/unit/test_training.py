@@ -84,8 +84,22 @@ def test_tiny_ct_training_run_is_loaded_by_the_slice_classifier(
     from training.train_ct import main
 
     out = tmp_path / "ct_slice_classifier" / "0.0.1"
-    assert main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY]) == 0
+    xray = find_artefact("xray_classifier").weights_path
+    extra = ["--ensemble", "2", "--init-from", str(xray), "--augment", "light"]
+    assert (
+        main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY, *extra])
+        == 0
+    )
     card = _check_run(out, ["covid", "noncovid"])
+    # Two seeds averaged in one model, both started from the shipped X-ray model's layers.
+    ensemble = card["training"]["ensemble"]
+    assert ensemble["members"] == 2 and [m["seed"] for m in ensemble["seeds"]] == [42, 43]
+    assert (out / "history_seed43.csv").is_file() and (out / "training_curves_seed43.png").is_file()
+    assert "initialised from" in card["architecture"]["weights_provenance"]
+    assert card["training"]["augmentation"]["rectangles"] == 0
+    (target,) = card["targets"]  # the bar, reported met or not
+    assert target["split"] == "test" and target["met"] == (target["value"] >= target["minimum"])
+    assert "Quality targets" in (out / "model_card.md").read_text()
     dicom_eval = next(iter(card["extra_evaluations"].values()))["results"]
     assert dicom_eval["all"]["n"] == 48
 
