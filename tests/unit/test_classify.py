@@ -1,0 +1,115 @@
+"""``dicom-node classify``: JSON lines, per-file errors, heatmaps, pipeline choice."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_node.classify import run_classify
+from dicom_node.model_store import find_artefact
+from training.data import read_manifest
+
+
+def _classify(
+    paths: list[Path],
+    pipeline: str | None = None,
+    heatmap_dir: Path | None = None,
+    as_json: bool = True,
+) -> tuple[int, list[dict], str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run_classify(paths, pipeline, as_json, heatmap_dir, out, err)
+    lines = out.getvalue().splitlines()
+    parsed = [json.loads(line) for line in lines] if as_json else []
+    return code, parsed, out.getvalue(), err.getvalue()
+
+
+def _first(shared_data: Path, modality: str, label: str, split: str = "val") -> Path:
+    for record in read_manifest(shared_data):
+        if record.modality == modality and record.label == label and record.split == split:
+            return shared_data / record.path
+    raise AssertionError(f"no {modality}/{label} image")
+
+
+def test_mixed_inputs_with_failures(shared_data: Path, tmp_path: Path) -> None:
+    png = _first(shared_data, "xray", "normal")
+    dicom = Path(get_testdata_file("RG1_UNCR.dcm"))
+    text = tmp_path / "report.txt"
+    text.write_text("this is not an image\n")
+    missing = tmp_path / "missing.dcm"
+    heatmaps = tmp_path / "heat"
+
+    code, results, _, err = _classify([png, text, dicom, missing], heatmap_dir=heatmaps)
+    weights = find_artefact("xray_classifier").card["decision"]["weights"]
+    assert code == 1
+    assert [r["path"] for r in results] == [str(png), str(text), str(dicom), str(missing)]
+    for good in (results[0], results[2]):
+        assert good["pipeline"] == "xray"
+        assert set(good["probabilities"]) == {"covid", "normal", "pneumonia_bac"}
+        assert sum(good["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+        # The label follows the card's rule: argmax of probability x decision weight.
+        scores = {
+            k: v * w for (k, v), w in zip(good["probabilities"].items(), weights, strict=True)
+        }
+        assert good["label"] == max(scores, key=scores.__getitem__)
+        assert Path(good["heatmap"]).is_file()
+    assert "neither a DICOM nor a PNG/JPEG" in results[1]["error"]
+    assert "no such file" in results[3]["error"]
+    assert str(text) in err and str(missing) in err and str(png) not in err
+
+
+def test_all_good_inputs_exit_zero_and_text_output(shared_data: Path) -> None:
+    paths = [_first(shared_data, "xray", label) for label in ("covid", "pneumonia_bac")]
+    code, _, out, err = _classify(paths, as_json=False)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 2 and all("[xray]" in line and "covid" in line for line in lines)
+
+
+def test_unknown_pipeline_is_a_usage_error(shared_data: Path) -> None:
+    code, results, _, err = _classify([_first(shared_data, "xray", "normal")], pipeline="mri")
+    assert code == 2 and results == [] and "unknown pipeline" in err
+
+
+def test_xray_directory_is_one_study(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    series.mkdir()
+    for i in range(2):
+        ds = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{i + 1}"
+        ds.save_as(series / f"{i}.dcm")
+    code, results, _, _ = _classify([series])
+    assert code == 0 and len(results) == 1
+    assert results[0]["pipeline"] == "xray" and len(results[0]["images"]) == 2
+
+
+def test_ct_slices_png_and_dicom(shared_data: Path) -> None:
+    png = _first(shared_data, "ct", "covid")
+    dicom = sorted((shared_data / "ct_dicom" / "covid").glob("*.dcm"))[0]
+    code, results, _, _ = _classify([png], pipeline="ct")
+    assert code == 0 and results[0]["pipeline"] == "ct"
+    assert 0.0 <= results[0]["covid_probability"] <= 1.0
+    assert set(results[0]["probabilities"]) == {"covid", "noncovid"}
+    code, results, _, _ = _classify([dicom])  # Modality CT: guessed
+    assert code == 0 and results[0]["pipeline"] == "ct"
+    assert results[0]["label"] in ("covid", "noncovid")
+
+
+def test_ct_directory_goes_to_the_ct_pipeline(shared_data: Path, tmp_path: Path) -> None:
+    series = tmp_path / "ct_series"
+    series.mkdir()
+    for path in sorted((shared_data / "ct_dicom" / "covid").glob("tciasbu_A002304_*.dcm"))[:2]:
+        shutil.copy(path, series / path.name)
+    code, results, _, _ = _classify([series])
+    assert results[0]["pipeline"] == "ct"
+    try:
+        import dicom_node.pipelines.ct  # noqa: F401
+    except ImportError:
+        assert code == 1 and "CT series pipeline" in results[0]["error"]
+    else:  # the CT pipeline exists: it must answer, or fail with its own clear message
+        assert "label" in results[0] or "error" in results[0]
