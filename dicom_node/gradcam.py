@@ -113,6 +113,7 @@ class GradCam:
             return probs, cams
 
         self._run = run
+        self.input_shape = input_shape
 
     def __call__(self, images: np.ndarray) -> CamResult:
         probs, cams = self._run(np.asarray(images, dtype=np.float32))

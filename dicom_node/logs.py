@@ -1,8 +1,8 @@
 """Logging setup: one line per event, no patient data.
 
 Our own log lines never contain patient names or IDs (only UIDs, AE titles, counts).
-pynetdicom's debug output can dump whole datasets, so it is kept at WARNING unless the admin
-sets ``log_patient_data`` together with ``log_level = DEBUG``.
+pynetdicom's debug output can dump whole datasets, so it (and highdicom's chatter) is kept at
+WARNING unless the admin sets ``log_patient_data`` together with ``log_level = DEBUG``.
 """
 
 from __future__ import annotations
@@ -19,5 +19,5 @@ def configure_logging(level: str = "INFO", allow_patient_data: bool = False) -> 
         force=True,
     )
     noisy = "DEBUG" if (allow_patient_data and level.upper() == "DEBUG") else "WARNING"
-    for name in ("pynetdicom", "apscheduler", "tensorflow", "absl", "h5py"):
+    for name in ("pynetdicom", "highdicom", "apscheduler", "tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(noisy)

@@ -90,7 +90,7 @@ class Worker:
     def _preload(self) -> None:
         for name in self._pipelines.names():
             try:
-                self._pipelines.get(name)
+                self._pipelines.get(name).warm_up()
             except Exception as exc:
                 log.error("could not load the %s pipeline: %s", name, exc)
 

@@ -122,6 +122,11 @@ def _run(args: argparse.Namespace, sample: Path, orthanc: OrthancServer, node: N
     print(f"\nFinding: {CLASS_DISPLAY_NAME[report.label]} (model {report.algorithm})")
     for key, value in sorted(report.probabilities.items(), key=lambda kv: -kv[1]):
         print(f"  {CLASS_DISPLAY_NAME[key]:<22} {value:6.3f}")
+    if report.label != max(report.probabilities, key=report.probabilities.__getitem__):
+        print(
+            "  (the label rule weighs COVID-19 up, a triage operating point fitted on validation;"
+            "\n   see models/xray_classifier/*/model_card.md)"
+        )
     heatmap = args.workdir / "heatmap.png"
     Image.fromarray(found[SC_STORAGE][0].pixel_array).save(heatmap)
     study_id = orthanc.study_id(study_uid)

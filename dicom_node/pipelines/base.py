@@ -82,6 +82,9 @@ class Pipeline(ABC, Generic[PreparedT, RawT, FindingT]):
         """A small JSON-able summary (label, probabilities, volumes): job log and ``classify``."""
         return {}
 
+    def warm_up(self) -> None:
+        """Trace compiled functions once at start, so the first study does not pay for it."""
+
     def run(self, sources: Sequence[Dataset]) -> FindingT:
         prepared = self.preprocess(sources)
         return self.postprocess(self.predict(prepared), prepared)

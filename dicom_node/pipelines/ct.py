@@ -64,6 +64,10 @@ class SliceClassifier(Protocol):
         """``(n, rows, cols)`` HU -> ``(n,)`` P(COVID-19)."""
         ...
 
+    def warm_up(self) -> None:
+        """Trace the compiled model once."""
+        ...
+
 
 @dataclass(frozen=True)
 class CtPrepared:
@@ -114,6 +118,11 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
         from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
 
         return cls(CtSliceClassifier.load(models_dir))
+
+    def warm_up(self) -> None:
+        import dicom_node.outputs.ct  # noqa: F401  (highdicom: a third of a second to import)
+
+        self.classifier.warm_up()
 
     def preprocess(self, sources: Sequence[Dataset]) -> CtPrepared:
         choice = select_series(sources)

@@ -81,6 +81,9 @@ class CtSliceClassifier:
                 cls._loaded[key] = cls(artefact, load_keras_model(artefact))
             return cls._loaded[key]
 
+    def warm_up(self) -> None:
+        self.predict_inputs(np.zeros((1, self.input_size, self.input_size, 1), np.float32))
+
     def _input(self, display: np.ndarray) -> np.ndarray:
         lo, hi = self._percentiles[0], self._percentiles[1]
         return to_model_input(display, self.input_size, (lo, hi), self._margin)

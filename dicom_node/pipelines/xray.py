@@ -90,6 +90,11 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
 
     # -- the pipeline seam ----------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        import dicom_node.outputs.xray  # noqa: F401  (highdicom: a third of a second to import)
+
+        self.cam(np.zeros((1, *self.cam.input_shape), np.float32))
+
     def model_input(self, display: np.ndarray) -> np.ndarray:
         """Display image (float [0, 1]) -> model input, with the card's parameters."""
         percentiles = (float(self._percentiles[0]), float(self._percentiles[1]))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from dicom_node.model_store import find_artefact
+from dicom_node.model_store import find_artefact, load_keras_model
 from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
 from dicom_node.preprocessing import LUNG_WINDOW_HU, PreprocessingError, hu_slice_to_display
 from training.data import read_manifest
@@ -42,6 +42,16 @@ def test_shipped_artefact(classifier: CtSliceClassifier) -> None:
     below = [item for item in card["limitations"] if item.startswith("Below the issue's target")]
     assert bool(below) != target["met"]
     assert classifier.window == LUNG_WINDOW_HU == tuple(card["ct"]["window_hu"])
+
+
+def test_warm_up_traces_once_for_every_batch_size() -> None:
+    artefact = find_artefact("ct_slice_classifier")
+    fresh = CtSliceClassifier(artefact, load_keras_model(artefact))
+    tracing_count = fresh._probabilities.experimental_get_tracing_count
+    fresh.warm_up()
+    assert tracing_count() == 1
+    fresh.predict_inputs(np.zeros((5, fresh.input_size, fresh.input_size, 1), np.float32))
+    assert tracing_count() == 1
 
 
 def test_hu_slices_in_batches(classifier: CtSliceClassifier, shared_data: Path) -> None:

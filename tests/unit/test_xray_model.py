@@ -14,7 +14,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from sklearn.metrics import roc_auc_score
 
-from dicom_node.model_store import ModelStoreError, find_artefact
+from dicom_node.model_store import ModelStoreError, find_artefact, load_keras_model
 from dicom_node.pipelines.base import PipelineError
 from dicom_node.pipelines.findings import XRAY_CLASSES
 from dicom_node.pipelines.xray import XrayPipeline
@@ -116,6 +116,17 @@ def test_gradcam_layer_is_the_cards_and_spatial(pipeline: XrayPipeline) -> None:
     model_input = np.zeros((1, pipeline.input_size, pipeline.input_size, 1), np.float32)
     cams = pipeline.cam(model_input).cams
     assert cams.shape[1] > 1 and cams.shape[2] > 1
+
+
+def test_warm_up_traces_once_for_every_batch_size(rg1: pydicom.Dataset) -> None:
+    artefact = find_artefact("xray_classifier")
+    fresh = XrayPipeline(artefact, load_keras_model(artefact))
+    tracing_count = fresh.cam._run.experimental_get_tracing_count
+    assert tracing_count() == 0
+    fresh.warm_up()
+    assert tracing_count() == 1
+    fresh.run([rg1, rg1, rg1])  # a study's batch reuses the warm-up's trace
+    assert tracing_count() == 1
 
 
 def test_batches_give_the_same_result_as_single_images(
