@@ -18,6 +18,8 @@ from pynetdicom import AE
 
 from dicom_node.devtools.results import read_xray_report
 from dicom_node.devtools.validate import dciodvfy_errors
+from dicom_node.model_store import find_artefact
+from dicom_node.pipelines.findings import XRAY_CLASSES
 from tests.factories import chest_cr, small_cr
 from tests.integration.conftest import SC_STORAGE, SR_STORAGE, Stack
 
@@ -64,6 +66,12 @@ def test_chest_cr_sent_from_orthanc_returns_as_sr_and_sc(make_stack: Any, tmp_pa
     assert image.region_type == "POLYLINE"
     assert set(image.probabilities) == {"covid", "normal", "pneumonia_bac"}
     assert sum(image.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
+    # The label follows the shipped card's rule, argmax(p_k * w_k), over the SR's probabilities.
+    card = find_artefact("xray_classifier").card
+    weights = dict(zip(XRAY_CLASSES, card["decision"]["weights"], strict=True))
+    assert image.label == max(
+        image.probabilities, key=lambda k: image.probabilities[k] * weights[k]
+    )
     assert sc.BurnedInAnnotation == "YES"
 
     # The SR carries the model's own numbers: ad-hoc classification of the file agrees.
