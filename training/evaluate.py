@@ -81,6 +81,12 @@ def _auc(y: np.ndarray, probs: np.ndarray, k: int) -> float:
     return float(roc_auc_score(positives, probs[:, k]))
 
 
+def macro_auc(y: np.ndarray, probs: np.ndarray, n_classes: int) -> float:
+    """Mean of the one-vs-rest AUCs of the classes that have positives and negatives."""
+    point = [_auc(y, probs, k) for k in range(n_classes)]
+    return float(np.nanmean(point)) if not np.isnan(point).all() else math.nan
+
+
 def auc_with_ci(
     y: np.ndarray,
     probs: np.ndarray,
@@ -111,7 +117,7 @@ def auc_with_ci(
     return {
         "per_class": {k: {"auc": point[k], "ci95": ci(boot[:, k])} for k in range(n_classes)},
         "macro": {
-            "auc": float(np.nanmean(point)) if not np.isnan(point).all() else math.nan,
+            "auc": macro_auc(y, probs, n_classes),
             "ci95": ci(macro_boot),
         },
     }

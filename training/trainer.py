@@ -42,6 +42,7 @@ from training.evaluate import (
     evaluate,
     fit_decision_weight,
     fit_temperature,
+    macro_auc,
     out_of_set,
     softmax,
 )
@@ -100,6 +101,13 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     command: str = ""
 
+    def __post_init__(self) -> None:
+        # Checked before any data is loaded or any model trained.
+        if self.ensemble < 1:
+            raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
+        if self.ensemble > 1 and self.backbone != "compact":
+            raise ValueError("--ensemble is implemented for the compact CNN only")
+
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:
     """The command that reproduces a run (``argv`` None: this process's arguments)."""
@@ -147,17 +155,6 @@ def _initialise_from(model: Any, path: Path) -> int:
     if copied == 0:
         raise ValueError(f"no layer of {path} matches the model being trained")
     return copied
-
-
-def _macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """One-vs-rest macro ROC AUC (for logging members; the card uses ``evaluate``)."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    return float(roc_auc_score(labels, probs, multi_class="ovr", labels=range(probs.shape[1])))
 
 
 def _check_targets(
@@ -322,7 +319,7 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
         path = cfg.out_dir / ("history.csv" if seed == cfg.seed else f"history_seed{seed}.csv")
         member, member_history, member_best = fit_member(seed, path)
         member_probs = member.predict(arrays["val"], batch_size=32, verbose=0)
-        member_auc = _macro_auc(labels["val"], member_probs)
+        member_auc = macro_auc(labels["val"], member_probs, len(classes))
         _log(f"seed {seed}: restored epoch {member_best}, val macro AUC {member_auc:.3f}")
         members.append(
             {
@@ -337,8 +334,6 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> dict[str, Any]:
     if len(members) == 1:
         model = members[0]["model"]
     else:
-        if cfg.backbone != "compact":
-            raise ValueError("--ensemble is implemented for the compact CNN only")
         model = average_ensemble([m["model"] for m in members])
         _log(f"averaged {len(members)} models (seeds {seeds}) into one")
 

@@ -12,7 +12,14 @@ from pydicom.data import get_testdata_file
 
 from dicom_node.model_store import find_artefact, verify_checksums
 from training.data import read_manifest, sample_weights
-from training.evaluate import expected_calibration_error, fit_temperature, softmax, wilson_ci
+from training.evaluate import (
+    expected_calibration_error,
+    fit_temperature,
+    macro_auc,
+    softmax,
+    wilson_ci,
+)
+from training.trainer import TrainConfig
 
 TINY = [
     "--epochs",
@@ -146,3 +153,16 @@ def test_metrics_helpers() -> None:
     ece_raw, _ = expected_calibration_error(softmax(logits * 3.0), y)
     ece_fit, bins = expected_calibration_error(softmax(logits * 3.0, t), y)
     assert ece_fit < ece_raw and sum(b["n"] for b in bins) == 400
+    # Macro AUC: perfect scores give 1, inverted scores 0, a class without positives is skipped.
+    assert macro_auc(y, np.eye(3)[y], 3) == 1.0
+    assert macro_auc(y, 1.0 - np.eye(3)[y], 3) == 0.0
+    two = y[y < 2]
+    assert macro_auc(two, np.eye(3)[two], 3) == 1.0
+
+
+def test_ensemble_of_a_keras_backbone_is_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="compact CNN only"):
+        TrainConfig(data_dir=tmp_path, out_dir=tmp_path / "run", backbone="resnet50", ensemble=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(data_dir=tmp_path, out_dir=tmp_path / "run", ensemble=0)
+    assert not (tmp_path / "run").exists()
