@@ -18,7 +18,7 @@ system-deps:
 	./scripts/install-system-deps.sh
 
 demo: install system-deps
-	$(PY) -m dicom_node.devtools.demo
+	$(PY) -m tests.support.demo
 
 test: install system-deps
 	$(PY) -m pytest

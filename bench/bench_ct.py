@@ -6,7 +6,7 @@ times, for several rounds, in this process:
 * the stages: read (pydicom, files in the page cache), series (selection + int16 HU working
   grid), lungs, classify (decoding the chosen slices + the slice classifier), lesions +
   quantification, outputs (SR + SEG + key-image SCs), encode (the outputs to bytes);
-* end to end through the pipeline API (``read + run + build_outputs + encode``).
+* end to end through the pipeline API (``read + run + build_ct_outputs + encode``).
 
 Peak memory is measured in a fresh subprocess per series length (``--memory 300 1000``):
 ``ru_maxrss`` after loading the model (TensorFlow alone is most of it) and at the end.
@@ -39,13 +39,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import pydicom
 
-from dicom_node.model_store import ModelStoreError, write_checksums
-from dicom_node.pipelines.base import OutputContext
+from dicom_node.domain import OutputContext
+from dicom_node.errors import ModelStoreError
+from dicom_node.model_store import write_checksums
+from dicom_node.outputs.ct import build_ct_outputs
 from dicom_node.pipelines.ct import CtPipeline, classification_slices
 from dicom_node.pipelines.ct_lungs import segment_lungs
 from dicom_node.pipelines.ct_quant import quantify, segment_lesions
-from dicom_node.pipelines.ct_series import assemble, hu_image, select_series
-from dicom_node.synthetic import write_phantom_series
+from dicom_node.pipelines.ct_series import assemble, select_series
+from dicom_node.pixels import hu_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from tests.support.synthetic import write_phantom_series
 
 STAGES = ("read", "series", "lungs", "classify", "quantify", "outputs", "encode")
 
@@ -109,7 +114,9 @@ def stage_round(pipeline: CtPipeline, files: list[Path], times: dict[str, list[f
     timed(times, "quantify", quant)
     finding = pipeline.run(sources)  # for the outputs stage (not timed here)
     outputs = timed(
-        times, "outputs", lambda: pipeline.build_outputs(finding, sources, OutputContext())
+        times,
+        "outputs",
+        lambda: build_ct_outputs(finding, sources, OutputContext(), pipeline.model_info),
     )
     timed(times, "encode", lambda: encode(outputs))
 
@@ -118,7 +125,7 @@ def end_to_end(pipeline: CtPipeline, files: list[Path]) -> tuple[float, dict[str
     started = time.perf_counter()
     sources = [pydicom.dcmread(p) for p in files]
     finding = pipeline.run(sources)
-    outputs = pipeline.build_outputs(finding, sources, OutputContext())
+    outputs = build_ct_outputs(finding, sources, OutputContext(), pipeline.model_info)
     encode(outputs)
     return time.perf_counter() - started, pipeline.summarise(finding)
 

@@ -14,16 +14,19 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dicom_node.config import Settings
-from dicom_node.db import JobLog
-from dicom_node.devtools.net import free_port
+from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
 from dicom_node.scp import Intake, start_scp
-from dicom_node.synthetic.writer import write_phantom_series
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from tests.support.net import free_port
+from tests.support.synthetic.writer import write_phantom_series
 
 
 def send(port: int, ae: str, files: list[Path]) -> float:
@@ -61,14 +64,14 @@ def round_storescp(files: list[Path], work: Path) -> float:
 def round_node(files: list[Path], work: Path, fsync: bool) -> float:
     settings = Settings(data_dir=work / "node", port=free_port(), fsync=fsync, min_free_disk_mb=0)
     joblog = JobLog.open(settings.database_path)
-    server = start_scp(settings, Intake(settings, joblog, Metrics(), lambda _outcome: None))
+    server = start_scp(settings, Intake(settings, joblog.intake, Metrics(), lambda _outcome: None))
     try:
         seconds = send(settings.port, settings.ae_title, files)
         assert sum(1 for _ in settings.inbox_dir.rglob("*.dcm")) == len(files)
         return seconds
     finally:
         server.shutdown()
-        joblog.engine.dispose()
+        joblog.close()
         shutil.rmtree(settings.data_dir)
 
 

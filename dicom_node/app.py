@@ -15,11 +15,12 @@ from typing import Any
 
 from dicom_node import __version__
 from dicom_node.assembly import StudyAssembler
-from dicom_node.config import ConfigError, Settings
-from dicom_node.db import JobLog
+from dicom_node.config import Settings
+from dicom_node.errors import ConfigError
 from dicom_node.http_admin import AdminServer
+from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
-from dicom_node.pipelines.registry import PipelineRegistry
+from dicom_node.registry import PipelineRegistry
 from dicom_node.scp import Intake, start_scp
 from dicom_node.scu import ResultSender, StoreTransport
 from dicom_node.worker import Worker
@@ -38,17 +39,19 @@ class Node:
         _prepare_data_dir(settings.data_dir)
         self.joblog = JobLog.open(settings.database_path)
         self.metrics = Metrics()
-        self.metrics.watch_job_states(self.joblog.state_counts)
+        self.metrics.watch_job_states(self.joblog.admin.state_counts)
         self.pipelines = pipelines or PipelineRegistry(settings.models_dir)
-        self.sender = ResultSender(settings, self.joblog, self.metrics, transport)
-        self.worker = Worker(settings, self.joblog, self.pipelines, self.metrics, self.sender.wake)
-        self.assembler = StudyAssembler(settings, self.joblog, self.worker.wake)
+        self.sender = ResultSender(settings, self.joblog.deliveries, self.metrics, transport)
+        self.worker = Worker(
+            settings, self.joblog.queue, self.pipelines, self.metrics, self.sender.wake
+        )
+        self.assembler = StudyAssembler(settings, self.joblog.assembly, self.worker.wake)
         self.admin = AdminServer(settings.http_host, settings.http_port, self.metrics, self.health)
         self._scp: Any = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        recovered = self.joblog.recover()
+        recovered = self.joblog.queue.recover()
         if recovered:
             log.warning("re-queued %d job(s) interrupted by a previous stop", len(recovered))
         if not self.settings.allowed_aes:
@@ -61,7 +64,9 @@ class Node:
         self.worker.start()
         self.assembler.start()
         self.admin.start()
-        intake = Intake(self.settings, self.joblog, self.metrics, self.assembler.instance_received)
+        intake = Intake(
+            self.settings, self.joblog.intake, self.metrics, self.assembler.instance_received
+        )
         self._scp = start_scp(self.settings, intake)
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
 
@@ -76,10 +81,10 @@ class Node:
         self.worker.stop()
         self.sender.stop()
         self.admin.stop()
-        self.joblog.engine.dispose()
+        self.joblog.close()
 
     def health(self) -> dict[str, Any]:
-        counts = self.joblog.state_counts()
+        counts = self.joblog.admin.state_counts()
         threads_ok = self.worker.alive() and self.sender.alive()
         return {
             "status": "ok" if threads_ok and self._scp is not None else "degraded",

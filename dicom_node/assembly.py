@@ -2,8 +2,9 @@
 
 Each gathering job has one APScheduler date-trigger keyed by job id; every new instance
 replaces it, pushing completion back.  When it fires, routing decides between ``queued``
-(with a pipeline) and ``ignored`` (with the reason).  On start, timers are re-armed from the
-job log so a restart loses no study.
+(with a pipeline and the instances it takes, stored on the job: the study is routed once) and
+``ignored`` (with the reason).  On start, timers are re-armed from the job log so a restart
+loses no study.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Callable
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.config import Settings
-from dicom_node.db import JobLog, RecordOutcome, utcnow
+from dicom_node.joblog import AssemblyLog
+from dicom_node.joblog.records import RecordOutcome
+from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.routing import route
 
 log = logging.getLogger(__name__)
@@ -25,7 +28,9 @@ _SLACK = dt.timedelta(milliseconds=50)
 
 
 class StudyAssembler:
-    def __init__(self, settings: Settings, joblog: JobLog, on_queued: Callable[[], None]) -> None:
+    def __init__(
+        self, settings: Settings, joblog: AssemblyLog, on_queued: Callable[[], None]
+    ) -> None:
         self._settings = settings
         self._joblog = joblog
         self._on_queued = on_queued
@@ -34,10 +39,10 @@ class StudyAssembler:
     def start(self) -> None:
         self._scheduler.start()
         now = utcnow()
-        for job_id, _study, modality, last_instance_at in self._joblog.pending_received():
-            quiet = self._settings.quiet_seconds(modality)
-            remaining = quiet - (now - last_instance_at).total_seconds()
-            self.arm(job_id, max(remaining, 0.0))
+        for job in self._joblog.gathering_jobs():
+            quiet = self._settings.quiet_seconds(job.modality)
+            remaining = quiet - (now - job.last_instance_at).total_seconds()
+            self.arm(job.job_id, max(remaining, 0.0))
         log.info("study assembler started")
 
     def stop(self) -> None:
@@ -61,19 +66,20 @@ class StudyAssembler:
 
     def _complete(self, job_id: int) -> None:
         try:
-            job = self._joblog.job(job_id)
+            job = self._joblog.gathering_job(job_id)
             if job is None:
                 return
             quiet = self._settings.quiet_seconds(job.modality)
             instances = self._joblog.study_instances(job_id)
             decision = route(instances)
+            sources = [instances[i].id for i in decision.instance_indexes]
             quiet_before = utcnow() - dt.timedelta(seconds=quiet) + _SLACK
             changed = self._joblog.complete_job(
-                job_id, decision.pipeline, decision.reason, quiet_before
+                job_id, decision.pipeline, sources, decision.reason, quiet_before
             )
             if not changed:
-                still = self._joblog.job(job_id)
-                if still is not None and still.state == "received":
+                still = self._joblog.gathering_job(job_id)
+                if still is not None and still.state == JobState.RECEIVED:
                     remaining = quiet - (utcnow() - still.last_instance_at).total_seconds()
                     self.arm(job_id, max(remaining, 0.0))
                 return

@@ -21,23 +21,24 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.model_store import ModelStoreError
-from dicom_node.pipelines.base import PipelineError
-from dicom_node.preprocessing import LoadedImage, PreprocessingError, read_image
+from dicom_node.errors import ClassifyError, ModelStoreError, PipelineError, PreprocessingError
+from dicom_node.preprocessing import LoadedImage, read_image
+from dicom_node.registry import PipelineRegistry
+
+if TYPE_CHECKING:
+    from dicom_node.pipelines.ct import CtPipeline
+    from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
+    from dicom_node.pipelines.xray import XrayPipeline
 
 PIPELINES = ("xray", "ct")
 CHUNK = 16  # x-ray files classified per batch (bounds memory for large radiographs)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class ClassifyError(Exception):
-    """A per-input failure with a user-facing message."""
 
 
 @dataclass
@@ -96,26 +97,22 @@ def _xray_record(finding: Any, model: Any) -> dict[str, Any]:
 
 
 class _Runner:
-    """Loads each model once, on first use (TensorFlow import and loading take seconds)."""
+    """Gets the pipelines from the registry, which loads each model once, on first use
+    (TensorFlow import and loading take seconds)."""
 
-    def __init__(self, heatmap_dir: Path | None) -> None:
+    def __init__(self, heatmap_dir: Path | None, registry: PipelineRegistry) -> None:
         self.heatmap_dir = heatmap_dir
-        self._xray: Any = None
-        self._slices: Any = None
+        self.registry = registry
 
-    def xray(self) -> Any:
-        if self._xray is None:
-            from dicom_node.pipelines.xray import XrayPipeline
+    def xray(self) -> XrayPipeline:
+        return cast("XrayPipeline", self.registry.get("xray").pipeline)
 
-            self._xray = XrayPipeline.load()
-        return self._xray
+    def ct(self) -> CtPipeline:
+        return cast("CtPipeline", self.registry.get("ct").pipeline)
 
-    def slices(self) -> Any:
-        if self._slices is None:
-            from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
-
-            self._slices = CtSliceClassifier.load()
-        return self._slices
+    def slices(self) -> CtSliceClassifier:
+        """The CT pipeline's slice classifier (one model in memory for both uses)."""
+        return cast("CtSliceClassifier", self.ct().classifier)
 
     def xray_files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         pipeline = self.xray()
@@ -144,7 +141,7 @@ class _Runner:
         return record
 
     def ct_slice(self, job: _Job) -> dict[str, Any]:
-        from pydicom.pixels import apply_modality_lut
+        from pydicom.pixels.processing import apply_modality_lut
 
         classifier = self.slices()
         image = job.image
@@ -166,14 +163,7 @@ class _Runner:
         }
 
     def ct_series(self, job: _Job) -> dict[str, Any]:
-        # ---- CT series branch: the CT pipeline lives in dicom_node/pipelines/ct.py ----------
-        try:
-            from dicom_node.pipelines.ct import CtPipeline  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise ClassifyError(
-                f"the CT series pipeline (dicom_node.pipelines.ct) is not available: {exc}"
-            ) from exc
-        pipeline = CtPipeline.load(None)
+        pipeline = self.ct()
         datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
         finding = pipeline.run(datasets)
         info = pipeline.model_info
@@ -197,12 +187,13 @@ def run_classify(
     heatmap_dir: Path | None,
     out: TextIO,
     err: TextIO,
+    registry: PipelineRegistry | None = None,
 ) -> int:
     """Classify each input, print one line per input; 0 when all succeeded, else 1 (2: usage)."""
     if pipeline is not None and pipeline not in PIPELINES:
         err.write(f"error: unknown pipeline {pipeline!r} (choose {', '.join(PIPELINES)})\n")
         return EXIT_USAGE
-    runner = _Runner(heatmap_dir)
+    runner = _Runner(heatmap_dir, registry or PipelineRegistry())
     results: dict[int, dict[str, Any]] = {}
     jobs: list[_Job] = []
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dicom_node import RESEARCH_NOTICE, __version__
-from dicom_node.config import ConfigError, PacsAddress, Settings, load_settings
-from dicom_node.db import JobLog, JobRow
+from dicom_node.config import PacsAddress, Settings, load_settings
+from dicom_node.errors import ConfigError
+from dicom_node.joblog import AdminLog, JobLog
+from dicom_node.joblog.records import JobRow
 
 # CLI flag -> settings field, for ``serve`` (and the data dir for every command).
 _SERVE_FLAGS = {
@@ -176,20 +178,20 @@ def _send(settings: Settings, to: str | None, calling_ae: str, files: list[Path]
     return 1 if failed else 0
 
 
-def _open_joblog(settings: Settings) -> JobLog | None:
+def _open_admin_log(settings: Settings) -> AdminLog | None:
     if not settings.database_path.exists():
         print(
             f"dicom-node: no job log at {settings.database_path} (check DICOM_NODE_DATA_DIR)",
             file=sys.stderr,
         )
         return None
-    return JobLog.open(settings.database_path)
+    return JobLog.open(settings.database_path).admin
 
 
 def _jobs(
     settings: Settings, follow: bool, as_json: bool, limit: int, interval: float, out: TextIO
 ) -> int:
-    joblog = _open_joblog(settings)
+    joblog = _open_admin_log(settings)
     if joblog is None:
         return 1
     rows = joblog.job_rows(limit=limit)
@@ -260,7 +262,7 @@ def _summary_text(summary: str | None) -> str:
 
 
 def _requeue(settings: Settings, job_ids: list[int], states: list[str] | None) -> int:
-    joblog = _open_joblog(settings)
+    joblog = _open_admin_log(settings)
     if joblog is None:
         return 1
     requeued = joblog.requeue(job_ids, states or ("failed", "dead"))

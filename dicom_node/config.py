@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicom_node.errors import ConfigError
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: 16 chars, no backslash
 _PACS = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:@]+):(?P<port>\d{1,5})$")
 
@@ -26,10 +28,6 @@ ENV_PREFIX = "DICOM_NODE_"
 # instances over tens of seconds.
 DEFAULT_QUIET_SECONDS: dict[str, float] = {"CR": 5.0, "DX": 5.0, "CT": 20.0}
 FALLBACK_QUIET_SECONDS = 10.0
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names it."""
 
 
 @dataclass(frozen=True)

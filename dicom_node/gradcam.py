@@ -14,9 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-
-class GradCamError(ValueError):
-    """No usable layer for Grad-CAM."""
+from dicom_node.errors import GradCamError
 
 
 def _spatial_shape(layer: Any) -> tuple[int, int] | None:
@@ -93,7 +91,7 @@ class GradCam:
         @tf.function(
             input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)],
             reduce_retracing=True,
-        )
+        )  # type: ignore[untyped-decorator,unused-ignore]
         def run(images: Any) -> tuple[Any, Any]:
             with tf.GradientTape() as tape:
                 features, scores = self._model(images, training=False)
@@ -148,11 +146,12 @@ def hot_region(cam: np.ndarray, rows: int, cols: int, level: float = 0.5) -> np.
         return box.astype(np.float32)
     labels, _ = ndimage.label(fine >= level * fine[peak])
     region = np.pad(labels == labels[peak], 1).astype(np.float32)
-    contour = max(find_contours(region, 0.5), key=len) - 1.0  # undo the padding
-    contour = approximate_polygon(contour, tolerance=0.5)
+    contours = find_contours(region, 0.5)  # type: ignore[no-untyped-call,unused-ignore]
+    contour = max(contours, key=len) - 1.0  # undo the padding
+    contour = approximate_polygon(contour, tolerance=0.5)  # type: ignore[no-untyped-call,unused-ignore]
     scale = np.array([rows / fine.shape[0], cols / fine.shape[1]])
     rc = np.clip((contour + 0.5) * scale - 0.5, 0, [rows - 1, cols - 1])
-    points = rc[:, ::-1].astype(np.float32)  # (row, col) -> (column, row)
+    points = np.asarray(rc[:, ::-1], dtype=np.float32)  # (row, col) -> (column, row)
     if not np.array_equal(points[0], points[-1]):
         points = np.vstack([points, points[:1]])
     return points

@@ -20,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_node.errors import ModelStoreError
+from dicom_node.model_card import ModelCard
+
 WEIGHTS_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 CHECKSUM_FILE = "SHA256SUMS"
-
-
-class ModelStoreError(Exception):
-    """A model artefact is missing, incomplete or fails its checksum."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,7 @@ class ModelArtefact:
     name: str
     version: str
     directory: Path
-    card: dict[str, Any]
+    card: ModelCard
 
     @property
     def weights_path(self) -> Path:
@@ -103,8 +102,17 @@ def find_artefact(
         raise ModelStoreError(f"{card_path} is missing")
     if verify:
         verify_checksums(directory)
-    card = json.loads(card_path.read_text())
-    return ModelArtefact(name=name, version=version, directory=directory, card=card)
+    return ModelArtefact(name=name, version=version, directory=directory, card=read_card(card_path))
+
+
+def read_card(path: Path) -> ModelCard:
+    """``model_card.json`` parsed and validated; ModelStoreError names the file and the field."""
+    try:
+        return ModelCard.from_json(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ModelStoreError(f"{path} is not valid JSON: {exc}") from exc
+    except ModelStoreError as exc:
+        raise ModelStoreError(f"{path}: {exc}") from exc
 
 
 def load_keras_model(artefact: ModelArtefact) -> Any:

@@ -26,7 +26,9 @@ import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+from dicom_node.errors import PreprocessingError
 
 # Lung window used to render CT for the CT slice classifier, in HU.  It is the window the data
 # set's README uses to render its CT DICOM slices (-1350..150 HU, i.e. centre -600, width 1500).
@@ -36,10 +38,6 @@ LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
 # chest is; the margins often hold frames, labels and collimation that should not set the scale.
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.0)
 DEFAULT_CENTRAL_MARGIN = 0.1
-
-
-class PreprocessingError(ValueError):
-    """The file or dataset is not an image this node can analyse (message is user-facing)."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class LoadedImage:
 
 def display_to_uint8(display: np.ndarray) -> np.ndarray:
     """The display image as 8-bit MONOCHROME2 (what a viewer shows)."""
-    return np.rint(np.clip(display, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.asarray(np.rint(np.clip(display, 0.0, 1.0) * 255.0), dtype=np.uint8)
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float]:
@@ -179,7 +177,7 @@ def robust_stretch(
     lo, hi = np.percentile(core, percentiles)
     if hi - lo < 1e-4:  # a flat image: nothing to stretch
         return np.zeros_like(image, dtype=np.float32)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    return np.asarray(np.clip((image - lo) / (hi - lo), 0.0, 1.0), dtype=np.float32)
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -202,13 +200,13 @@ def to_model_input(
     if display.ndim != 2:
         raise PreprocessingError(f"expected a 2-D grey image, got shape {display.shape}")
     square = resize_square(display, size)
-    return robust_stretch(square, percentiles, margin)[..., np.newaxis]
+    return np.asarray(robust_stretch(square, percentiles, margin)[..., np.newaxis])
 
 
 def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW_HU) -> np.ndarray:
     """Hounsfield units -> [0, 1] in the lung window (``LUNG_WINDOW_HU`` by default)."""
     lo, hi = window
-    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return np.asarray(np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0))
 
 
 def hu_slice_to_display(

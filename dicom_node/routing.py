@@ -29,7 +29,7 @@ CHEST_KEYWORDS = ("CHEST", "THORAX", "THORAC", "LUNG", "TORAX", "PULMO")
 
 
 class InstanceInfo(Protocol):
-    """What routing reads of a stored instance (``db.Instance`` has these attributes)."""
+    """What routing reads of a stored instance (``joblog.records.StoredInstance`` has it)."""
 
     @property
     def modality(self) -> str | None: ...

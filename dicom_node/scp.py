@@ -40,17 +40,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.config import Settings
-from dicom_node.db import InstanceRecord, JobLog, RecordOutcome
+from dicom_node.errors import DicomStatus, InstanceRejected
+from dicom_node.joblog import IntakeLog
+from dicom_node.joblog.records import InstanceRecord, RecordOutcome
 from dicom_node.metrics import Metrics
 from dicom_node.storage import atomic_write, free_disk_mb, inbox_path, is_safe_uid
 
 log = logging.getLogger(__name__)
-
-# C-STORE statuses we answer with (PS3.4 B.2.3 and PS3.7 C.4.2):
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700  # refused: not enough disk space (or the disk failed us)
-DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # refused: required attributes missing/invalid
-CANNOT_UNDERSTAND = 0xC000  # refused: the data set cannot be parsed or its pixels are cut
 
 STORAGE_SOP_CLASSES: tuple[UID, ...] = (
     ComputedRadiographyImageStorage,
@@ -77,30 +73,38 @@ COMPRESSED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 ACCEPTED_TRANSFER_SYNTAXES = NATIVE_TRANSFER_SYNTAXES + COMPRESSED_TRANSFER_SYNTAXES
 
 
-class Rejected(Exception):
-    """A dataset we refuse, with the DICOM status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
 @dataclass
 class Intake:
     """What the C-STORE handler needs, bound once at start."""
 
     settings: Settings
-    joblog: JobLog
+    joblog: IntakeLog
     metrics: Metrics
     on_instance: Callable[[RecordOutcome], None]
 
 
 def handle_echo(event: evt.Event) -> int:
-    return SUCCESS
+    return DicomStatus.SUCCESS
 
 
 def handle_store(event: evt.Event, intake: Intake) -> int:
+    """File one C-STORE request; returns its status (pynetdicom sends it as the response).
+
+    Statuses:
+
+    * ``0x0000`` Success: the bytes are durable in the inbox (fsynced unless ``fsync`` is
+      off) and the instance is in the job log; a resent SOP Instance UID replaces the file.
+    * ``0xA700`` Out of Resources: free disk space is below ``min_free_disk_mb``, or writing
+      failed (the sender may retry later); nothing is kept.
+    * ``0xA900`` Data Set Does Not Match SOP Class: a UID that filing needs is missing or
+      invalid, SOP Instance UID differs from the request's, Pixel Data is missing, or the
+      image pixel description is incomplete.
+    * ``0xC000`` Cannot Understand: the data set cannot be decoded, its native Pixel Data is
+      shorter than declared, or an unexpected error occurred (the association goes on).
+
+    Every refusal is recorded in the job log (``rejected``) with its reason, and the bytes
+    are kept in ``quarantine/`` unless the disk is the problem.
+    """
     calling_ae = _calling_ae(event)
     sop_class = str(getattr(event.request, "AffectedSOPClassUID", "") or "")
     try:
@@ -108,20 +112,26 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
         try:
             dataset = event.dataset
         except Exception as exc:  # pydicom raises many kinds on garbage
-            raise Rejected(CANNOT_UNDERSTAND, f"data set cannot be decoded: {_short(exc)}") from exc
+            raise InstanceRejected(
+                DicomStatus.CANNOT_UNDERSTAND, f"data set cannot be decoded: {_short(exc)}"
+            ) from exc
         record = _file_instance(event, dataset, calling_ae, intake.settings)
         outcome = intake.joblog.record_instance(record)
-    except Rejected as rejection:
+    except InstanceRejected as rejection:
         return _reject(event, intake, calling_ae, sop_class, rejection)
     except OSError as exc:
         log.error("storing an instance from %s failed: %s", calling_ae, exc)
         intake.metrics.rejected.labels(reason="io_error").inc()
-        return OUT_OF_RESOURCES
+        return DicomStatus.OUT_OF_RESOURCES
     except Exception:
         # Never let a bug end the association: refuse this instance, keep serving.
         log.exception("unexpected error while storing an instance from %s", calling_ae)
         return _reject(
-            event, intake, calling_ae, sop_class, Rejected(CANNOT_UNDERSTAND, "internal error")
+            event,
+            intake,
+            calling_ae,
+            sop_class,
+            InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error"),
         )
     intake.metrics.received.labels(modality=record.modality or "unknown").inc()
     log.info(
@@ -134,7 +144,7 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     )
     if outcome.gathering:
         intake.on_instance(outcome)
-    return SUCCESS
+    return DicomStatus.SUCCESS
 
 
 def _file_instance(
@@ -146,11 +156,13 @@ def _file_instance(
         value = dataset.get(keyword)
         if not is_safe_uid(value):
             problem = "missing" if not value else "not a valid UID"
-            raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is {problem}")
+            raise InstanceRejected(
+                DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"{keyword} is {problem}"
+            )
         uids[keyword] = str(value)
     if uids["SOPInstanceUID"] != _affected_sop_instance(event):
-        raise Rejected(
-            DATASET_DOES_NOT_MATCH_SOP_CLASS,
+        raise InstanceRejected(
+            DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID",
         )
     transfer_syntax = UID(str(event.context.transfer_syntax))
@@ -186,7 +198,9 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
     as a failed job with the decoder's message.
     """
     if "PixelData" not in dataset:
-        raise Rejected(DATASET_DOES_NOT_MATCH_SOP_CLASS, "Pixel Data (7FE0,0010) is missing")
+        raise InstanceRejected(
+            DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "Pixel Data (7FE0,0010) is missing"
+        )
     if transfer_syntax.is_compressed:
         return
     try:
@@ -195,14 +209,15 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
         samples = int(dataset.get("SamplesPerPixel", 1) or 1)
         frames = int(dataset.get("NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError) as exc:
-        raise Rejected(
-            DATASET_DOES_NOT_MATCH_SOP_CLASS, f"image pixel description incomplete: {_short(exc)}"
+        raise InstanceRejected(
+            DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"image pixel description incomplete: {_short(exc)}",
         ) from exc
     expected = (rows * columns * samples * frames * bits + 7) // 8
     actual = len(dataset.PixelData)
     if actual < expected:
-        raise Rejected(
-            CANNOT_UNDERSTAND,
+        raise InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND,
             f"Pixel Data truncated: {actual} bytes, {expected} expected "
             f"for {frames} frame(s) of {rows}x{columns}",
         )
@@ -211,20 +226,20 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: UID) -> None:
 def _check_disk(settings: Settings) -> None:
     free = free_disk_mb(settings.data_dir)
     if free < settings.min_free_disk_mb:
-        raise Rejected(
-            OUT_OF_RESOURCES,
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES,
             f"free disk space {free:.0f} MB is below min_free_disk_mb={settings.min_free_disk_mb}",
         )
 
 
 def _reject(
-    event: evt.Event, intake: Intake, calling_ae: str, sop_class: str, rejection: Rejected
+    event: evt.Event, intake: Intake, calling_ae: str, sop_class: str, rejection: InstanceRejected
 ) -> int:
     """Log and record a refusal; keep the bytes in quarantine unless the disk is full."""
     quarantine = None
     dataset = _maybe_dataset(event)
     sop_uid = _affected_sop_instance(event)
-    if rejection.status != OUT_OF_RESOURCES and is_safe_uid(sop_uid):
+    if rejection.status != DicomStatus.OUT_OF_RESOURCES and is_safe_uid(sop_uid):
         path = intake.settings.quarantine_dir / f"{sop_uid}.dcm"
         try:
             atomic_write(path, event.encoded_dataset(), fsync=intake.settings.fsync)
@@ -263,11 +278,11 @@ def _maybe_dataset(event: evt.Event) -> Dataset | None:
         return None
 
 
-def _reason_label(status: int) -> str:
+def _reason_label(status: DicomStatus) -> str:
     return {
-        OUT_OF_RESOURCES: "out_of_resources",
-        DATASET_DOES_NOT_MATCH_SOP_CLASS: "invalid_dataset",
-        CANNOT_UNDERSTAND: "cannot_understand",
+        DicomStatus.OUT_OF_RESOURCES: "out_of_resources",
+        DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS: "invalid_dataset",
+        DicomStatus.CANNOT_UNDERSTAND: "cannot_understand",
     }.get(status, "other")
 
 

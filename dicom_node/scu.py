@@ -19,10 +19,14 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from dicom_node.config import PacsAddress, Settings
-from dicom_node.db import DONE, Delivery, JobLog, utcnow
+from dicom_node.errors import SendError
+from dicom_node.joblog import DeliveryLog
+from dicom_node.joblog.records import DueDelivery
+from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -67,10 +71,10 @@ class StoreClient:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self._timeout
         for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets if ds is not None}):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
-        if not assoc.is_established:
-            reason = "association rejected" if assoc.is_rejected else "association failed"
-            return [r or StoreResult(None, f"{reason} by {address}") for r in results]
+        try:
+            assoc = _associate(ae, address)
+        except SendError as exc:
+            return [r or StoreResult(None, str(exc)) for r in results]
         try:
             for index, dataset in enumerate(datasets):
                 if dataset is None:
@@ -89,13 +93,21 @@ class StoreClient:
         return [r or StoreResult(None, "association ended early") for r in results]
 
 
+def _associate(ae: AE, address: PacsAddress) -> Association:
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+    if not assoc.is_established:
+        reason = "association rejected" if assoc.is_rejected else "association failed"
+        raise SendError(f"{reason} by {address}")
+    return assoc
+
+
 class ResultSender:
     """Background thread that delivers pending results, with exponential backoff."""
 
     def __init__(
         self,
         settings: Settings,
-        joblog: JobLog,
+        joblog: DeliveryLog,
         metrics: Metrics,
         transport: StoreTransport | None = None,
     ) -> None:
@@ -143,10 +155,10 @@ class ResultSender:
 
     def send_due(self) -> bool:
         """One round: send the due deliveries of the oldest due job; False if none were due."""
-        deliveries = self._joblog.due_deliveries()
+        deliveries = self._joblog.due()
         if not deliveries:
             return False
-        by_destination: dict[str, list[Delivery]] = {}
+        by_destination: dict[str, list[DueDelivery]] = {}
         for delivery in deliveries:
             by_destination.setdefault(delivery.destination, []).append(delivery)
         for destination, batch in by_destination.items():
@@ -155,21 +167,20 @@ class ResultSender:
             for delivery, result in zip(batch, results, strict=True):
                 self._record(delivery, result, destination)
         for job_id in sorted({d.job_id for d in deliveries}):
-            state = self._joblog.settle_job(job_id)
-            job = self._joblog.job(job_id)
-            if job is not None and job.finished_at is not None:
-                log.info("job %d %s", job_id, state)
-                if state == DONE:
+            job = self._joblog.settle(job_id)
+            if job.finished_at is not None:
+                log.info("job %d %s", job_id, job.state)
+                if job.state == JobState.DONE:
                     seconds = (job.finished_at - job.received_at).total_seconds()
                     self._metrics.turnaround_seconds.labels(pipeline=job.pipeline or "").observe(
                         seconds
                     )
         return True
 
-    def _record(self, delivery: Delivery, result: StoreResult, destination: str) -> None:
+    def _record(self, delivery: DueDelivery, result: StoreResult, destination: str) -> None:
         if result.delivered:
             assert result.status is not None
-            self._joblog.delivery_sent(delivery.id, result.status)
+            self._joblog.sent(delivery.id, result.status)
             self._metrics.deliveries.labels(outcome="sent").inc()
             return
         attempts = delivery.attempts + 1
@@ -196,4 +207,4 @@ class ResultSender:
                 self.backoff(attempts),
                 error,
             )
-        self._joblog.delivery_failed(delivery.id, result.status, error, retry_at)
+        self._joblog.failed(delivery.id, result.status, error, retry_at)

@@ -1,7 +1,13 @@
 """The worker: claims queued jobs, runs their pipeline, writes outputs, hands them to the sender.
 
-It runs in its own threads, separate from the SCP's association threads, and polls the job
-log (so a ``requeue`` from another process is picked up) besides being woken directly.
+A job arrives routed (its pipeline and the instances it takes were decided once, at study
+completion); the worker reads those instances, runs the registry's pipeline on them, then the
+output builder paired with it, and writes the outputs to the outbox.  It runs in its own
+threads, separate from the SCP's association threads, and polls the job log (so a ``requeue``
+from another process is picked up) besides being woken directly.
+
+Errors become job states here: ``NotAnalysable`` -> ``ignored``, any other error -> ``failed``,
+each with a one-line reason.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from pydicom import Dataset
 
 from dicom_node import __version__
 from dicom_node.config import Settings
-from dicom_node.db import Job, JobLog
+from dicom_node.domain import OutputContext
+from dicom_node.errors import NotAnalysable, PipelineError
+from dicom_node.joblog import WorkQueue
+from dicom_node.joblog.records import ClaimedJob, ResultFile
 from dicom_node.metrics import Metrics
-from dicom_node.pipelines.base import NotAnalysable, OutputContext, PipelineError
-from dicom_node.pipelines.registry import PipelineRegistry
-from dicom_node.routing import route
+from dicom_node.registry import PipelineRegistry
 from dicom_node.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -35,7 +42,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        joblog: JobLog,
+        joblog: WorkQueue,
         pipelines: PipelineRegistry,
         metrics: Metrics,
         on_outputs: Callable[[], None],
@@ -77,7 +84,7 @@ class Worker:
         self.models_ready.set()
         while not self._stop.is_set():
             try:
-                job = self._joblog.claim_next_job()
+                job = self._joblog.claim_next()
             except Exception:
                 log.exception("claiming a job failed")
                 job = None
@@ -90,38 +97,30 @@ class Worker:
     def _preload(self) -> None:
         for name in self._pipelines.names():
             try:
-                self._pipelines.get(name).warm_up()
+                self._pipelines.warm_up(name)
             except Exception as exc:
                 log.error("could not load the %s pipeline: %s", name, exc)
 
-    def process(self, job: Job) -> None:
-        """Run one claimed job to ``sending``/``done`` or ``failed``; never raises."""
+    def process(self, job: ClaimedJob) -> None:
+        """Run one claimed job to ``sending``/``done``, ``ignored`` or ``failed``; never raises."""
         started = time.monotonic()
-        study_uid = job.study.study_instance_uid
+        study_uid = job.study_instance_uid
         try:
-            instances = self._joblog.study_instances(job.id)
-            decision = route(instances)
-            if decision.pipeline is None:
-                raise PipelineError(decision.reason)
-            sources = [_read_source(Path(instances[i].path)) for i in decision.instance_indexes]
-            pipeline = self._pipelines.get(decision.pipeline)
-            finding = pipeline.run(sources)
+            if job.pipeline is None or not job.sources:
+                raise PipelineError("the job was queued without a routed pipeline and instances")
+            sources = [_read_source(Path(instance.path)) for instance in job.sources]
+            loaded = self._pipelines.get(job.pipeline)
+            finding = loaded.pipeline.run(sources)
             context = OutputContext(result_version=job.version, software_version=__version__)
-            datasets = pipeline.build_outputs(finding, sources, context)
+            datasets = loaded.build_outputs(finding, sources, context)
             outputs = [self._write_output(study_uid, ds) for ds in datasets]
-            summary = json.dumps(pipeline.summarise(finding), separators=(",", ":"))
+            summary = json.dumps(loaded.pipeline.summarise(finding), separators=(",", ":"))
             destination = str(self._settings.pacs) if self._settings.pacs else None
-            self._joblog.processed(
-                job.id,
-                pipeline.model_info.name,
-                pipeline.model_info.version,
-                summary,
-                outputs,
-                destination,
-            )
+            info = loaded.pipeline.model_info
+            self._joblog.processed(job.id, info.name, info.version, summary, outputs, destination)
         except NotAnalysable as exc:
             log.info("job %d ignored: %s", job.id, exc)
-            self._joblog.ignore_job(job.id, _one_line(str(exc)))
+            self._joblog.ignore(job.id, _one_line(str(exc)))
             return
         except PipelineError as exc:
             self._fail(job, str(exc))
@@ -131,11 +130,11 @@ class Worker:
             self._fail(job, f"{type(exc).__name__}: {exc}")
             return
         elapsed = time.monotonic() - started
-        self._metrics.processing_seconds.labels(pipeline=decision.pipeline).observe(elapsed)
+        self._metrics.processing_seconds.labels(pipeline=job.pipeline).observe(elapsed)
         log.info(
             "job %d (%s, study %s) processed in %.2f s: %d output(s) %s",
             job.id,
-            decision.pipeline,
+            job.pipeline,
             study_uid,
             elapsed,
             len(outputs),
@@ -143,17 +142,17 @@ class Worker:
         )
         self._on_outputs()
 
-    def _fail(self, job: Job, error: str) -> None:
+    def _fail(self, job: ClaimedJob, error: str) -> None:
         error = _one_line(error)
         log.warning("job %d failed: %s", job.id, error)
-        self._joblog.fail_job(job.id, error)
+        self._joblog.fail(job.id, error)
 
-    def _write_output(self, study_uid: str, dataset: Dataset) -> tuple[str, str, str]:
+    def _write_output(self, study_uid: str, dataset: Dataset) -> ResultFile:
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         path = self._settings.outbox_dir / study_uid / f"{dataset.SOPInstanceUID}.dcm"
         atomic_write(path, buffer.getbuffer(), fsync=self._settings.fsync)
-        return str(dataset.SOPInstanceUID), str(dataset.SOPClassUID), str(path)
+        return ResultFile(str(dataset.SOPInstanceUID), str(dataset.SOPClassUID), str(path))
 
 
 def _one_line(text: str, limit: int = 500) -> str:

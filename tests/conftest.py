@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the shared data set lives."""
+"""Shared test fixtures and the markers that say what each test needs (see tests/README.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+# What the tests in each directory need beyond the Python dependencies.
+DIRECTORY_MARKERS: dict[str, tuple[str, ...]] = {
+    "unit": (),
+    "shared_data": ("shared_data",),
+    "model": ("tensorflow",),
+    "integration": ("integration", "debian_tools", "tensorflow"),
+}
 
 
 def shared_data_dir() -> Path:
@@ -21,3 +30,17 @@ def shared_data() -> Path:
     if not (path / "manifest.csv").is_file():
         pytest.fail(f"shared data set not found at {path} (set DICOM_NODE_SHARED_DATA)")
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test by its directory, and ``shared_data`` wherever the fixture is used."""
+    for item in items:
+        try:
+            directory = item.path.resolve().relative_to(TESTS).parts[0]
+        except (ValueError, IndexError):
+            continue
+        names = set(DIRECTORY_MARKERS.get(directory, ()))
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            names.add("shared_data")
+        for name in sorted(names):
+            item.add_marker(name)

@@ -1,4 +1,7 @@
-"""Model card: ``model_card.json`` (machine-readable, read by the node) and ``model_card.md``."""
+"""Model card: ``model_card.json`` (machine-readable, read by the node) and ``model_card.md``.
+
+Both are written from one :class:`dicom_node.model_card.ModelCard`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,11 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from dicom_node.model_card import ModelCard
+
+T = TypeVar("T")
 
 
 def _clean(value: Any) -> Any:
@@ -20,8 +27,19 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_json(card: Mapping[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(_clean(card), indent=2, sort_keys=False) + "\n")
+def write(card: ModelCard, json_path: Path, markdown_path: Path) -> ModelCard:
+    """Write ``model_card.json`` and ``model_card.md``; returns the card as written (NaN: None)."""
+    data = _clean(card.to_json())
+    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    written = ModelCard.from_json(data)
+    write_markdown(written, markdown_path)
+    return written
+
+
+def _need(value: T | None, name: str) -> T:
+    if value is None:
+        raise ValueError(f"the model card has no {name}: cannot write model_card.md")
+    return value
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -82,69 +100,70 @@ def _split_section(name: str, metrics: Mapping[str, Any], classes: list[str]) ->
     return [*lines, ""]
 
 
-def write_markdown(card: Mapping[str, Any], path: Path) -> None:
-    classes = list(card["classes"])
-    t = card["training"]
+def write_markdown(card: ModelCard, path: Path) -> None:
+    classes = list(card.classes)
+    t = _need(card.training, "training")
+    arch = _need(card.architecture, "architecture")
+    data = _need(card.data, "data")
+    decision = card.decision
     lines = [
-        f"# Model card: {card['name']} {card['version']}",
+        f"# Model card: {card.name} {card.version}",
         "",
-        f"**{card['title']}.** Research use only: not for diagnosis or any clinical decision.",
+        f"**{card.title}.** Research use only: not for diagnosis or any clinical decision.",
         "",
         "## Intended use",
         "",
-        card["intended_use"],
+        _need(card.intended_use, "intended_use"),
         "",
         "## Model",
         "",
-        f"- Architecture: {card['architecture']['description']} "
-        f"({card['architecture']['parameters']:,} parameters)",
-        f"- Weights: {card['architecture']['weights_provenance']}",
+        f"- Architecture: {arch.description} ({arch.parameters:,} parameters)",
+        f"- Weights: {arch.weights_provenance}",
         f"- Classes (output order): {', '.join(classes)}",
-        f"- Input: {card['input']['size']}x{card['input']['size']} grey, "
-        f"{card['input']['description']}",
-        f"- Temperature (fitted on validation): {_f(card['temperature'])}",
-        f"- Label rule: {card['decision']['rule']}; weights "
-        f"{dict(zip(classes, [round(w, 3) for w in card['decision']['weights']], strict=True))}"
+        f"- Input: {card.input.size}x{card.input.size} grey, {card.input.description}",
+        f"- Temperature (fitted on validation): {_f(card.temperature)}",
+        f"- Label rule: {decision.rule}; weights "
+        f"{dict(zip(classes, [round(w, 3) for w in decision.weights], strict=True))}"
         + (
-            f" (fitted on validation for {card['decision']['target']['class']} sensitivity "
-            f">= {card['decision']['target']['sensitivity']})"
-            if "target" in card["decision"]
+            f" (fitted on validation for {decision.target.class_name} sensitivity "
+            f">= {decision.target.sensitivity})"
+            if decision.target is not None
             else ""
         ),
-        f"- Grad-CAM layer: `{card['gradcam_layer']}`",
+        f"- Grad-CAM layer: `{card.gradcam_layer}`",
         "",
         "## Training",
         "",
-        f"- Command: `{t['command']}`",
-        f"- Seed {t['seed']}; epochs run {t['epochs_run']} (best {t['best_epoch']}); "
-        f"batch {t['batch_size']}; {t['optimizer']} lr {t['learning_rate']} "
-        f"({t.get('learning_rate_schedule', 'constant')})",
-        f"- Class weighting: {t['class_weighting']}",
-        f"- Augmentation: `{json.dumps(t['augmentation'])}`",
-        f"- Duration: {t['duration_s']:.0f} s on {t['machine']}",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}",
+        f"- Command: `{t.command}`",
+        f"- Seed {t.seed}; epochs run {t.epochs_run} (best {t.best_epoch}); "
+        f"batch {t.batch_size}; {t.optimizer} lr {t.learning_rate} "
+        f"({t.learning_rate_schedule})",
+        f"- Class weighting: {t.class_weighting}",
+        f"- Augmentation: `{json.dumps(t.augmentation)}`",
+        f"- Duration: {t.duration_s:.0f} s on {t.machine}",
+        f"- Versions: {', '.join(f'{k} {v}' for k, v in _need(card.versions, 'versions').items())}",
         "",
         "## Data",
         "",
-        f"- `manifest.csv` SHA-256 `{card['data']['manifest_sha256']}`",
-        f"- Images per split and class: `{json.dumps(card['data']['split_counts'])}`",
-        f"- Training images per source: `{json.dumps(card['data']['train_sources'])}`",
+        f"- `manifest.csv` SHA-256 `{data.manifest_sha256}`",
+        f"- Images per split and class: `{json.dumps(data.split_counts)}`",
+        f"- Training images per source: `{json.dumps(data.train_sources)}`",
         "",
         "## Results",
         "",
     ]
-    for split, metrics in card["metrics"].items():
+    for split, metrics in _need(card.metrics, "metrics").items():
         lines += _split_section(split, metrics, classes)
-    for title, section in card.get("extra_evaluations", {}).items():
+    for title, section in (card.extra_evaluations or {}).items():
         lines += [
             f"### {title}",
             "",
-            section["description"],
+            section.description,
             "",
-            f"```json\n{json.dumps(_clean(section['results']), indent=1)}\n```",
+            f"```json\n{json.dumps(_clean(section.results), indent=1)}\n```",
             "",
         ]
-    if card.get("targets"):
+    if card.targets:
         lines += [
             "### Quality targets",
             "",
@@ -152,13 +171,13 @@ def write_markdown(card: Mapping[str, Any], path: Path) -> None:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {t['split']} | {t['metric']} | >= {t['minimum']:.2f} | {t['value']:.3f} | "
-            f"{'met' if t['met'] else '**not met**'} |"
-            for t in card["targets"]
+            f"| {target.split} | {target.metric} | >= {target.minimum:.2f} | "
+            f"{_f(target.value)} | {'met' if target.met else '**not met**'} |"
+            for target in card.targets
         ]
         lines += [""]
     lines += ["## Limitations", ""]
-    lines += [f"- {item}" for item in card["limitations"]]
+    lines += [f"- {item}" for item in _need(card.limitations, "limitations")]
     lines += ["", "## Plots", ""]
-    lines += [f"- [{name}]({name})" for name in card["plots"]]
+    lines += [f"- [{name}]({name})" for name in _need(card.plots, "plots")]
     path.write_text("\n".join(lines) + "\n")

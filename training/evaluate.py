@@ -34,7 +34,8 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     scaled = logits / temperature
     scaled = scaled - scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
+    probs: np.ndarray = exp / exp.sum(axis=1, keepdims=True)
+    return probs
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -123,11 +124,11 @@ def auc_with_ci(
     }
 
 
-def decide(probs: np.ndarray, weights: Sequence[float] | None = None) -> np.ndarray:
+def decide(probs: np.ndarray, weights: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """The label rule of the node: ``argmax_k(p_k * w_k)`` (plain argmax without weights)."""
-    if weights is None:
-        return probs.argmax(axis=1)
-    return (probs * np.asarray(weights)[np.newaxis, :]).argmax(axis=1)
+    scores = probs if weights is None else probs * np.asarray(weights)[np.newaxis, :]
+    labels: np.ndarray = scores.argmax(axis=1)
+    return labels
 
 
 def fit_decision_weight(

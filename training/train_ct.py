@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.processing import apply_modality_lut
 
+from dicom_node.model_card import CtInputSpec
 from dicom_node.preprocessing import LUNG_WINDOW_HU, hu_slice_to_display, to_model_input
 from training.augment import AugmentConfig
 from training.data import DEFAULT_DATA_DIR, read_manifest
@@ -107,9 +108,7 @@ CT_TASK = TaskSpec(
         "Validated only on one small public data set; the 48 real DICOM slices (TCIA, all "
         "COVID-19) are too few and too one-sided to say anything about specificity.",
     ),
-    extra_card={
-        "ct": {"window_hu": list(LUNG_WINDOW_HU), "crop_body": True, "body_threshold_hu": -500.0}
-    },
+    ct=CtInputSpec(window_hu=LUNG_WINDOW_HU, crop_body=True, body_threshold_hu=-500.0),
     extra_evaluations=(
         (
             "Real CT DICOM slices (TCIA COVID-19-NY-SBU, all COVID-19)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from dicom_node.pipelines.findings import XRAY_CLASSES
+from dicom_node.domain import XRAY_CLASSES
 from training.augment import AugmentConfig, seed_preset_config
 from training.data import DEFAULT_DATA_DIR
 from training.trainer import (

@@ -38,16 +38,37 @@ def probability_concept(class_key: str) -> CodedConcept:
     )
 
 
-FINDING = codes.DCM.Finding  # (121071, DCM)
-PROBABILITY = codes.DCM.Probability  # (122157, DCM)
 ALGORITHM_FAMILY = codes.cid7162.ArtificialIntelligence  # (123110, DCM)
 REPORT_TITLE = codes.cid7021.ImagingMeasurementReport  # (126000, DCM)
 LUNG = codes.SCT.Lung  # (39607008, SCT)
-CLINICAL_FINDING = CodedConcept("404684003", "SCT", "Clinical finding")
 PROCEDURE_CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 PROCEDURE_CHEST_CT = CodedConcept("169069000", "SCT", "Computed tomography of chest")
 
 UNIT_NONE = CodedConcept("1", "UCUM", "no units")
 UNIT_PERCENT = CodedConcept("%", "UCUM", "percent")
 UNIT_ML = CodedConcept("ml", "UCUM", "milliliter")
-UNIT_HU = CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
+UNIT_SCORE = CodedConcept("{score}", "UCUM", "score")
+
+
+def _private(code: str, meaning: str) -> CodedConcept:
+    return CodedConcept(code, PRIVATE_SCHEME, meaning)
+
+
+# CT SR measurements without a standard code.
+LUNG_VOLUME = _private("CT-LUNG-ML", "Lung volume")
+LESION_VOLUME = _private("CT-LESION-ML", "Lesion volume (GGO and consolidation)")
+GGO_VOLUME = _private("CT-GGO-ML", "Ground-glass opacity volume")
+CONSOLIDATION_VOLUME = _private("CT-CONS-ML", "Consolidation volume")
+INVOLVEMENT = _private("CT-INVOLVED", "Lung involvement (lesion volume / lung volume)")
+GGO_SHARE = _private("CT-GGO-SHARE", "Ground-glass share of lesion volume")
+CONSOLIDATION_SHARE = _private("CT-CONS-SHARE", "Consolidation share of lesion volume")
+SEVERITY_SCORE = _private("CT-SEVERITY", "CT severity score 0-25 (zones approximating lobes)")
+ZONE_SCORE = _private("CT-ZONE-SCORE", "Zone severity score 0-5")
+
+# CT SEG segment categories and types (also the SR's volumetric finding types).
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # (91723000, SCT)
+ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # (49755003, SCT)
+RIGHT_LUNG = CodedConcept("3341006", "SCT", "Right lung")
+LEFT_LUNG = CodedConcept("44029006", "SCT", "Left lung")
+GROUND_GLASS_OPACITY = codes.DCM.GroundGlassOpacity  # (112120, DCM)
+CONSOLIDATION = CodedConcept("95436008", "SCT", "Lung consolidation")

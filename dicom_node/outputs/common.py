@@ -1,4 +1,5 @@
-"""What every output object shares: UIDs, series identity, equipment, algorithm identity.
+"""What every output object shares: UIDs, series identity, equipment, algorithm identity, and
+the SR and Secondary Capture objects themselves (their content is each pipeline's own).
 
 Result UIDs are derived (UUID-derived ``2.25.`` UIDs, PS3.5 B.2) from the source instances,
 the model's name and version and the kind of object: re-running a job after a crash or a
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
-from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM
-from dicom_node.pipelines.base import ModelInfo, OutputContext
+from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM, REPORT_TITLE
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 
@@ -69,6 +72,20 @@ def instance_uid(kind: str, model: ModelInfo, *parts: str) -> str:
     return derive_uid("instance", kind, model.name, model.version, *parts)
 
 
+def identity_kwargs(
+    series: SeriesIdentity, sop_instance_uid: str, instance_number: int, context: OutputContext
+) -> dict[str, Any]:
+    """Keyword arguments every highdicom SOP class takes: the new object's series and instance."""
+    return {
+        "series_instance_uid": series.series_instance_uid,
+        "series_number": series.series_number,
+        "sop_instance_uid": sop_instance_uid,
+        "instance_number": instance_number,
+        "manufacturer": context.manufacturer,
+        "series_description": series.series_description,
+    }
+
+
 def equipment_kwargs(model: ModelInfo, context: OutputContext, now: dt.datetime) -> dict[str, Any]:
     """Keyword arguments every highdicom SOP class accepts: equipment, series date/time.
 
@@ -116,3 +133,76 @@ def device_observer(model: ModelInfo, context: OutputContext) -> hd.sr.ObserverC
 
 def now_local() -> dt.datetime:
     return dt.datetime.now().replace(microsecond=0)
+
+
+MeasurementGroup = (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+)
+
+
+def measurement_sr(
+    groups: Sequence[MeasurementGroup],
+    procedure: Code | hd.sr.CodedConcept,
+    sources: Sequence[Dataset],
+    evidence: Sequence[Dataset],
+    context: OutputContext,
+    model: ModelInfo,
+    now: dt.datetime,
+) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 Measurement Report of ``groups`` as an UNVERIFIED Comprehensive 3D SR.
+
+    Its series and instance UIDs derive from ``sources``; ``evidence`` is every object the
+    groups reference (the sources, and a SEG where one is referenced).
+    """
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(
+            observer_device_context=device_observer(model, context)
+        ),
+        procedure_reported=procedure,
+        imaging_measurements=list(groups),
+        title=REPORT_TITLE,
+    )
+    series = series_identity("report", SR_SERIES_NUMBER, model, sources, context)
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(evidence),
+        content=report,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,  # VerificationFlag UNVERIFIED: nobody has checked this result
+        **identity_kwargs(series, instance_uid("sr", model, source_key(sources)), 1, context),
+        **equipment_kwargs(model, context, now),
+    )
+
+
+def secondary_capture(
+    source: Dataset,
+    pixels: np.ndarray,
+    series: SeriesIdentity,
+    instance_number: int,
+    sop_instance_uid: str,
+    patient_orientation: tuple[str, str],
+    context: OutputContext,
+    model: ModelInfo,
+    now: dt.datetime,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of ``source`` (same patient and study) with burned-in text."""
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        patient_orientation=patient_orientation,
+        **identity_kwargs(series, sop_instance_uid, instance_number, context),
+        **equipment_kwargs(model, context, now),
+    )
+    # Text and a notice are part of the pixels: viewers must not hide or anonymise them away.
+    sc.BurnedInAnnotation = "YES"
+    # General Series needs Laterality unless the body part is known to be unpaired (chest).
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    else:
+        sc.Laterality = ""
+    return sc

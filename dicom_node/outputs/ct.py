@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import warnings
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -30,72 +29,51 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicom_node import RESEARCH_NOTICE
+from dicom_node.domain import CONSOLIDATION as CONSOLIDATION_LABEL
+from dicom_node.domain import GGO as GGO_LABEL
+from dicom_node.domain import CtFinding, LungMeasurement, ModelInfo, OutputContext, RegionScore
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
-    PRIVATE_SCHEME,
+    CONSOLIDATION,
+    CONSOLIDATION_SHARE,
+    CONSOLIDATION_VOLUME,
+    GGO_SHARE,
+    GGO_VOLUME,
+    GROUND_GLASS_OPACITY,
+    INVOLVEMENT,
+    LESION_VOLUME,
+    LUNG_VOLUME,
     PROCEDURE_CHEST_CT,
-    REPORT_TITLE,
+    SEVERITY_SCORE,
     UNIT_ML,
     UNIT_NONE,
     UNIT_PERCENT,
+    UNIT_SCORE,
+    ZONE_SCORE,
     probability_concept,
 )
 from dicom_node.outputs.common import (
     SC_SERIES_NUMBER,
-    SR_SERIES_NUMBER,
+    MeasurementGroup,
     SeriesIdentity,
     algorithm_identification,
     derive_uid,
-    device_observer,
-    equipment_kwargs,
     instance_uid,
+    measurement_sr,
     now_local,
+    secondary_capture,
     series_identity,
-    source_key,
 )
-from dicom_node.outputs.seg import (
-    CONSOLIDATION,
-    CONSOLIDATION_SEGMENT,
-    GGO_SEGMENT,
-    GROUND_GLASS_OPACITY,
-    build_ct_seg,
-)
-from dicom_node.pipelines.base import ModelInfo, OutputContext
-from dicom_node.pipelines.ct_quant import CONSOLIDATION as CONSOLIDATION_LABEL
-from dicom_node.pipelines.ct_quant import GGO as GGO_LABEL
-from dicom_node.pipelines.ct_quant import LungMeasurement, RegionScore
-from dicom_node.pipelines.ct_series import hu_image
-
-if TYPE_CHECKING:
-    from dicom_node.pipelines.ct import CtFinding
+from dicom_node.outputs.seg import CONSOLIDATION_SEGMENT, GGO_SEGMENT, build_ct_seg
+from dicom_node.pixels import hu_image
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)  # centre -600, width 1500
 GGO_COLOUR = (255, 215, 0)
 CONSOLIDATION_COLOUR = (255, 40, 40)
-UNIT_SCORE = hd.sr.CodedConcept("{score}", "UCUM", "score")
 MIN_KEY_IMAGE_SIDE = 512
 
 
 Tracking = Callable[[str, str], hd.sr.TrackingIdentifier]
-Group = (
-    hd.sr.MeasurementsAndQualitativeEvaluations
-    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-)
-
-
-def _private(code: str, meaning: str) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(code, PRIVATE_SCHEME, meaning)
-
-
-LUNG_VOLUME = _private("CT-LUNG-ML", "Lung volume")
-LESION_VOLUME = _private("CT-LESION-ML", "Lesion volume (GGO and consolidation)")
-GGO_VOLUME = _private("CT-GGO-ML", "Ground-glass opacity volume")
-CONSOLIDATION_VOLUME = _private("CT-CONS-ML", "Consolidation volume")
-INVOLVEMENT = _private("CT-INVOLVED", "Lung involvement (lesion volume / lung volume)")
-GGO_SHARE = _private("CT-GGO-SHARE", "Ground-glass share of lesion volume")
-CONSOLIDATION_SHARE = _private("CT-CONS-SHARE", "Consolidation share of lesion volume")
-SEVERITY_SCORE = _private("CT-SEVERITY", "CT severity score 0-25 (zones approximating lobes)")
-ZONE_SCORE = _private("CT-ZONE-SCORE", "Zone severity score 0-5")
 
 
 def build_ct_outputs(
@@ -145,7 +123,7 @@ def build_ct_sr(
         hd.sr.Measurement(name=SEVERITY_SCORE, value=q.severity_score, unit=UNIT_SCORE),
         *_lung_measurements(q.total),
     ]
-    groups: list[Group] = [
+    groups: list[MeasurementGroup] = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking("study", "CT COVID-19 assessment"),
             algorithm_id=algorithm,
@@ -189,29 +167,8 @@ def build_ct_sr(
                 ],
             )
         )
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_device_context=device_observer(model, context)
-        ),
-        procedure_reported=PROCEDURE_CHEST_CT,
-        imaging_measurements=groups,
-        title=REPORT_TITLE,
-    )
-    series = series_identity("report", SR_SERIES_NUMBER, model, datasets, context)
-    return hd.sr.Comprehensive3DSR(
-        evidence=[*datasets, seg],
-        content=report,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=instance_uid("sr", model, source_key(datasets)),
-        instance_number=1,
-        manufacturer=context.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,  # VerificationFlag UNVERIFIED: nobody has checked this result
-        series_description=series.series_description,
-        **equipment_kwargs(model, context, now),
-    )
+    evidence = [*datasets, seg]
+    return measurement_sr(groups, PROCEDURE_CHEST_CT, datasets, evidence, context, model, now)
 
 
 def _ml(value: float) -> float:
@@ -276,29 +233,17 @@ def build_key_image(
     now: dt.datetime,
 ) -> hd.sc.SCImage:
     source = datasets[k]
-    pixels = render_key_image(finding, source, k, model)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=instance_uid("ct-key", model, str(source.SOPInstanceUID)),
-        instance_number=instance_number,
-        manufacturer=context.manufacturer,
-        patient_orientation=patient_orientation(source),
-        series_description=series.series_description,
-        **equipment_kwargs(model, context, now),
+    return secondary_capture(
+        source,
+        render_key_image(finding, source, k, model),
+        series,
+        instance_number,
+        instance_uid("ct-key", model, str(source.SOPInstanceUID)),
+        patient_orientation(source),
+        context,
+        model,
+        now,
     )
-    # Text and a notice are part of the pixels: viewers must not hide or anonymise them away.
-    sc.BurnedInAnnotation = "YES"
-    if source.get("BodyPartExamined"):
-        sc.BodyPartExamined = source.BodyPartExamined
-    else:
-        sc.Laterality = ""  # General Series needs it unless the body part is unpaired
-    return sc
 
 
 def patient_orientation(ds: Dataset) -> tuple[str, str]:
@@ -349,23 +294,3 @@ def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelIn
         f"{model.name} {model.version}",
     ]
     return render.burn_in_text(rgb, top, bottom)
-
-
-def read_ct_report(dataset: Dataset) -> dict[str, dict[str, float]]:
-    """Our CT SR's numbers back, through highdicom: ``{group: {measurement meaning: value}}``.
-
-    Groups are keyed by tracking identifier ("CT COVID-19 assessment (AI, unverified)",
-    "Right lung (AI, unverified)", ...).  For tests and demos.
-    """
-    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
-    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
-    groups: list[Group] = [
-        *content.get_image_measurement_groups(),
-        *content.get_volumetric_roi_measurement_groups(),
-    ]
-    return {
-        str(group.tracking_identifier): {
-            str(m.name.meaning): float(m.value) for m in group.get_measurements()
-        }
-        for group in groups
-    }

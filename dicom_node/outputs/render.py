@@ -54,7 +54,7 @@ def tint_mask(
     """Tint the pixels under a boolean mask."""
     out = rgb.astype(np.float32)
     out[mask] = out[mask] * (1.0 - alpha) + np.array(colour, dtype=np.float32) * alpha
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(out + 0.5, 0, 255), dtype=np.uint8)
 
 
 def draw_outline(

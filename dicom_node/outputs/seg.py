@@ -18,26 +18,27 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
 
+from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.outputs.codes import (
+    ABNORMAL_STRUCTURE,
+    ANATOMICAL_STRUCTURE,
+    CONSOLIDATION,
+    GROUND_GLASS_OPACITY,
+    LEFT_LUNG,
+    RIGHT_LUNG,
+)
 from dicom_node.outputs.common import (
     SEG_SERIES_NUMBER,
     algorithm_identification_sequence,
     equipment_kwargs,
+    identity_kwargs,
     instance_uid,
     series_identity,
     source_key,
 )
-from dicom_node.pipelines.base import ModelInfo, OutputContext
 
 RIGHT_LUNG_SEGMENT, LEFT_LUNG_SEGMENT, GGO_SEGMENT, CONSOLIDATION_SEGMENT = 1, 2, 3, 4
-
-ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # (91723000, SCT)
-ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # (49755003, SCT)
-RIGHT_LUNG = hd.sr.CodedConcept("3341006", "SCT", "Right lung")
-LEFT_LUNG = hd.sr.CodedConcept("44029006", "SCT", "Left lung")
-GROUND_GLASS_OPACITY = codes.DCM.GroundGlassOpacity  # (112120, DCM)
-CONSOLIDATION = hd.sr.CodedConcept("95436008", "SCT", "Lung consolidation")
 
 # (number, label, category, property type, colour as CIELab)
 _SEGMENTS = (
@@ -101,7 +102,8 @@ def build_ct_seg(
         )
         for number, label, category, property_type, lab in _SEGMENTS
     ]
-    kwargs = equipment_kwargs(model, context, now)
+    uid = instance_uid("seg", model, source_key(datasets))
+    kwargs = {**identity_kwargs(series, uid, 1, context), **equipment_kwargs(model, context, now)}
     kwargs.pop("coding_schemes", None)  # the SEG uses only standard codes
     with warnings.catch_warnings():
         # highdicom warns about source person names it copies unchanged; not ours to fix.
@@ -111,12 +113,6 @@ def build_ct_seg(
             pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
-            series_instance_uid=series.series_instance_uid,
-            series_number=series.series_number,
-            sop_instance_uid=instance_uid("seg", model, source_key(datasets)),
-            instance_number=1,
-            manufacturer=context.manufacturer,
-            series_description=series.series_description,
             content_label="LUNGS",
             content_description="Lungs and COVID-19 lesions (AI, unverified)",
             omit_empty_frames=True,

@@ -18,31 +18,27 @@ import numpy as np
 from pydicom import Dataset
 
 from dicom_node import RESEARCH_NOTICE
+from dicom_node.domain import ModelInfo, OutputContext, XrayFinding, XrayImageFinding
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
     CLASS_DISPLAY_NAME,
     FINDING_BY_CLASS,
     LUNG,
     PROCEDURE_CHEST_XRAY,
-    REPORT_TITLE,
     UNIT_NONE,
     probability_concept,
 )
 from dicom_node.outputs.common import (
     SC_SERIES_NUMBER,
-    SR_SERIES_NUMBER,
     SeriesIdentity,
     algorithm_identification,
     derive_uid,
-    device_observer,
-    equipment_kwargs,
     instance_uid,
+    measurement_sr,
     now_local,
+    secondary_capture,
     series_identity,
-    source_key,
 )
-from dicom_node.pipelines.base import ModelInfo, OutputContext
-from dicom_node.pipelines.findings import XrayFinding, XrayImageFinding
 
 SC_MAX_SIDE = 1024  # the SC is for reading on screen; full detector size adds nothing
 
@@ -91,29 +87,7 @@ def build_xray_sr(
         _measurement_group(image, by_uid[image.source_sop_instance_uid], model)
         for image in finding.images
     ]
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(
-            observer_device_context=device_observer(model, context)
-        ),
-        procedure_reported=PROCEDURE_CHEST_XRAY,
-        imaging_measurements=groups,
-        title=REPORT_TITLE,
-    )
-    series = series_identity("report", SR_SERIES_NUMBER, model, sources, context)
-    return hd.sr.Comprehensive3DSR(
-        evidence=list(sources),
-        content=report,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=instance_uid("sr", model, source_key(sources)),
-        instance_number=1,
-        manufacturer=context.manufacturer,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,  # VerificationFlag UNVERIFIED: nobody has checked this result
-        series_description=series.series_description,
-        **equipment_kwargs(model, context, now),
-    )
+    return measurement_sr(groups, PROCEDURE_CHEST_XRAY, sources, sources, context, model, now)
 
 
 def _measurement_group(
@@ -166,30 +140,18 @@ def build_xray_sc(
     now: dt.datetime,
 ) -> hd.sc.SCImage:
     pixels = render_heatmap_image(image, model)
-    orientation: tuple[str, ...] = tuple(str(v) for v in source.get("PatientOrientation") or ())
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-        sop_instance_uid=instance_uid("sc", model, image.source_sop_instance_uid),
-        instance_number=instance_number,
-        manufacturer=context.manufacturer,
-        patient_orientation=orientation if len(orientation) == 2 else ("", ""),
-        series_description=series.series_description,
-        **equipment_kwargs(model, context, now),
+    orientation = tuple(str(v) for v in source.get("PatientOrientation") or ())
+    return secondary_capture(
+        source,
+        pixels,
+        series,
+        instance_number,
+        instance_uid("sc", model, image.source_sop_instance_uid),
+        (orientation[0], orientation[1]) if len(orientation) == 2 else ("", ""),
+        context,
+        model,
+        now,
     )
-    # Text and a notice are part of the pixels: viewers must not hide or anonymise them away.
-    sc.BurnedInAnnotation = "YES"
-    # General Series needs Laterality unless the body part is known to be unpaired (chest).
-    if source.get("BodyPartExamined"):
-        sc.BodyPartExamined = source.BodyPartExamined
-    else:
-        sc.Laterality = ""
-    return sc
 
 
 def render_heatmap_image(image: XrayImageFinding, model: ModelInfo) -> np.ndarray:

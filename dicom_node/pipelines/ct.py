@@ -28,21 +28,13 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from pydicom import Dataset
 
-from dicom_node.pipelines.base import (
-    ModelInfo,
-    NotAnalysable,
-    OutputContext,
-    Pipeline,
-    PipelineError,
-)
-from dicom_node.pipelines.ct_lungs import LEFT_LUNG, RIGHT_LUNG, LungSegmentation, segment_lungs
-from dicom_node.pipelines.ct_quant import (
-    LungMeasurement,
-    Quantification,
-    quantify,
-    segment_lesions,
-)
-from dicom_node.pipelines.ct_series import CtVolume, assemble, hu_image, select_series
+from dicom_node.domain import LEFT_LUNG, RIGHT_LUNG, CtFinding, LungMeasurement, ModelInfo
+from dicom_node.errors import NotAnalysable, PipelineError
+from dicom_node.pipelines.base import Pipeline
+from dicom_node.pipelines.ct_lungs import LungSegmentation, segment_lungs
+from dicom_node.pipelines.ct_quant import quantify, segment_lesions
+from dicom_node.pipelines.ct_series import CtVolume, assemble, select_series
+from dicom_node.pixels import hu_image
 
 log = logging.getLogger(__name__)
 
@@ -78,28 +70,6 @@ class CtPrepared:
     notes: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class CtFinding:
-    """Result for one CT series.
-
-    Masks are on the working grid: ``lungs[k, i, j]`` (0, 1 right, 2 left) and ``lesions``
-    (0, 1 GGO, 2 consolidation) describe source pixel ``(i * step, j * step)`` of the slice
-    ``source_sop_instance_uids[k]``; slices are ordered along the slice normal.
-    """
-
-    series_instance_uid: str
-    source_sop_instance_uids: tuple[str, ...]
-    step: int
-    lungs: np.ndarray
-    lesions: np.ndarray
-    quantification: Quantification
-    covid_probability: float
-    classified_slices: tuple[int, ...]
-    slice_probabilities: tuple[float, ...]
-    key_slices: tuple[int, ...]
-    notes: tuple[str, ...]
-
-
 class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
     name: ClassVar[str] = "ct"
 
@@ -120,8 +90,6 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
         return cls(CtSliceClassifier.load(models_dir))
 
     def warm_up(self) -> None:
-        import dicom_node.outputs.ct  # noqa: F401  (highdicom: a third of a second to import)
-
         self.classifier.warm_up()
 
     def preprocess(self, sources: Sequence[Dataset]) -> CtPrepared:
@@ -169,13 +137,6 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
             key_slices=key_slices(lungs, lesions, volume.slice_spacing),
             notes=prepared.notes,
         )
-
-    def build_outputs(
-        self, finding: CtFinding, sources: Sequence[Dataset], context: OutputContext
-    ) -> list[Dataset]:
-        from dicom_node.outputs.ct import build_ct_outputs
-
-        return build_ct_outputs(finding, sources, context, self.model_info)
 
     def summarise(self, finding: CtFinding) -> dict[str, Any]:
         q = finding.quantification

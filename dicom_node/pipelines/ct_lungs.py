@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from dicom_node.domain import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
 from dicom_node.pipelines.ct_series import CtVolume
 
 AIR_HU = -400
@@ -38,8 +39,6 @@ MIN_COMPONENT_FRACTION = 0.02  # of the largest lung component
 GAS_MEAN_HU = -960  # lung parenchyma averages well above this, bowel and stomach gas below
 CLOSING_MM = 18.0  # half-size of the in-plane costal closing box: dents up to ~36 mm across
 SMALL_CLOSING_MM = 4.0  # half-size of the 3-D closing that fills vessels
-
-BACKGROUND, RIGHT_LUNG, LEFT_LUNG = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,7 @@ def _lung_components(
         labels[joined & np.broadcast_to(x_mm >= midline, hu.shape)] = LEFT_LUNG
     if dropped_gas:
         notes.append(f"{dropped_gas} gas-filled region(s) outside the lungs ignored")
-    return labels
+    return np.asarray(labels)
 
 
 def _close_and_fill(

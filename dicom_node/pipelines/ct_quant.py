@@ -22,12 +22,18 @@ fractions matching typical lobar volumes (right 37/15/48% upper/middle/lower, le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy import ndimage
 
-from dicom_node.pipelines.ct_lungs import LEFT_LUNG, RIGHT_LUNG
+from dicom_node.domain import (
+    CONSOLIDATION,
+    GGO,
+    LEFT_LUNG,
+    RIGHT_LUNG,
+    LungMeasurement,
+    Quantification,
+    RegionScore,
+)
 from dicom_node.pipelines.ct_series import CtVolume
 
 GGO_HU = (-750, -300)  # low inclusive, high exclusive
@@ -39,8 +45,6 @@ CONSOLIDATION_RIM_HU = -500
 NONE_BELOW_PERCENT = 0.5
 FISSURE_ANGLE_DEG = 45.0
 
-NO_LESION, GGO, CONSOLIDATION = 0, 1, 2
-
 # (name, lung, cumulative volume fraction from inferior-posterior to superior-anterior)
 REGIONS: tuple[tuple[str, int, float, float], ...] = (
     ("right lower zone", RIGHT_LUNG, 0.0, 0.48),
@@ -49,64 +53,6 @@ REGIONS: tuple[tuple[str, int, float, float], ...] = (
     ("left lower zone", LEFT_LUNG, 0.0, 0.46),
     ("left upper zone", LEFT_LUNG, 0.46, 1.0),
 )
-
-
-@dataclass(frozen=True)
-class LungMeasurement:
-    lung_ml: float
-    ggo_ml: float
-    consolidation_ml: float
-
-    @property
-    def lesion_ml(self) -> float:
-        return self.ggo_ml + self.consolidation_ml
-
-    @property
-    def involvement_percent(self) -> float:
-        return 100.0 * self.lesion_ml / self.lung_ml if self.lung_ml > 0 else 0.0
-
-    @property
-    def ggo_share_percent(self) -> float:
-        """Share of the lesion volume that is ground glass."""
-        return 100.0 * self.ggo_ml / self.lesion_ml if self.lesion_ml > 0 else 0.0
-
-    @property
-    def consolidation_share_percent(self) -> float:
-        return 100.0 * self.consolidation_ml / self.lesion_ml if self.lesion_ml > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class RegionScore:
-    """One of five lobe-approximating regions; ``name`` says it is a zone, not a true lobe."""
-
-    name: str
-    lung: int
-    lung_ml: float
-    lesion_ml: float
-    score: int
-
-    @property
-    def involvement_percent(self) -> float:
-        return 100.0 * self.lesion_ml / self.lung_ml if self.lung_ml > 0 else 0.0
-
-
-@dataclass(frozen=True)
-class Quantification:
-    right: LungMeasurement
-    left: LungMeasurement
-    regions: tuple[RegionScore, ...]
-
-    @property
-    def total(self) -> LungMeasurement:
-        return LungMeasurement(
-            lung_ml=self.right.lung_ml + self.left.lung_ml,
-            ggo_ml=self.right.ggo_ml + self.left.ggo_ml,
-            consolidation_ml=self.right.consolidation_ml + self.left.consolidation_ml,
-        )
-
-    @property
-    def severity_score(self) -> int:
-        return sum(region.score for region in self.regions)
 
 
 def severity_band(involvement_percent: float) -> int:
@@ -208,7 +154,7 @@ def _oblique_bins(volume: CtVolume, box: tuple[slice, ...]) -> np.ndarray:
         + (along_i - along_i.min()).astype(np.float32)[None, :, None]
         + (along_j - along_j.min()).astype(np.float32)[None, None, :]
     )
-    return np.floor(coordinate).astype(np.int32)
+    return np.asarray(np.floor(coordinate), dtype=np.int32)
 
 
 def _score_regions(counts: np.ndarray) -> tuple[RegionScore, ...]:

@@ -9,21 +9,16 @@ compiled ``tf.function`` returning temperature-scaled probabilities.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
+from dicom_node.domain import ModelInfo
+from dicom_node.errors import PreprocessingError
 from dicom_node.model_store import ModelArtefact, find_artefact, load_keras_model
-from dicom_node.pipelines.base import ModelInfo
-from dicom_node.preprocessing import (
-    LUNG_WINDOW_HU,
-    PreprocessingError,
-    hu_slice_to_display,
-    to_model_input,
-)
+from dicom_node.preprocessing import hu_slice_to_display, to_model_input
 
 MODEL_NAME = "ct_slice_classifier"
 BATCH = 32
@@ -31,32 +26,27 @@ POSITIVE_CLASS = "covid"
 
 
 class CtSliceClassifier:
-    _loaded: ClassVar[dict[tuple[str, str | None], CtSliceClassifier]] = {}
-    _load_lock: ClassVar[threading.Lock] = threading.Lock()
-
     def __init__(self, artefact: ModelArtefact, model: Any) -> None:
         import keras
         import tensorflow as tf
 
         card = artefact.card
         self.artefact = artefact
-        self.classes = tuple(card["classes"])
+        self.classes = card.classes
         if POSITIVE_CLASS not in self.classes:
             raise PreprocessingError(f"model classes {self.classes} lack {POSITIVE_CLASS!r}")
         self.model_info = ModelInfo(
             name=artefact.name, version=artefact.version, classes=self.classes
         )
-        self.input_size = int(card["input"]["size"])
-        self.window: tuple[float, float] = tuple(  # type: ignore[assignment]
-            float(v) for v in card.get("ct", {}).get("window_hu", LUNG_WINDOW_HU)
-        )
-        self.crop_body = bool(card.get("ct", {}).get("crop_body", True))
-        self.temperature = float(card.get("temperature", 1.0))
-        self._percentiles = tuple(float(v) for v in card["input"].get("percentiles", (1, 99)))
-        self._margin = float(card["input"].get("central_margin", 0.1))
+        self.input_size = card.input.size
+        self.window: tuple[float, float] = card.ct_input.window_hu
+        self.crop_body = card.ct_input.crop_body
+        self.temperature = card.temperature
+        self._percentiles = card.input.percentiles
+        self._margin = card.input.central_margin
         self._positive = self.classes.index(POSITIVE_CLASS)
         # The card's label rule argmax(p_k * w_k) as a threshold on P(covid) (0.5 by default).
-        weights = card.get("decision", {}).get("weights", [1.0] * len(self.classes))
+        weights = card.decision.weights
         w_pos = float(weights[self._positive])
         w_neg = max(float(w) for i, w in enumerate(weights) if i != self._positive)
         self.threshold = w_neg / (w_pos + w_neg)
@@ -65,7 +55,7 @@ class CtSliceClassifier:
 
         @tf.function(
             input_signature=[tf.TensorSpec((None, self.input_size, self.input_size, 1), tf.float32)]
-        )
+        )  # type: ignore[untyped-decorator,unused-ignore]
         def probabilities(images: Any) -> Any:
             return tf.nn.softmax(logits_model(images, training=False) / temperature, axis=1)
 
@@ -73,13 +63,13 @@ class CtSliceClassifier:
 
     @classmethod
     def load(cls, models_dir: Path | None = None, version: str | None = None) -> CtSliceClassifier:
-        """The shipped model (newest version unless given), checksum-verified, loaded once."""
-        key = (str(models_dir), version)
-        with cls._load_lock:
-            if key not in cls._loaded:
-                artefact = find_artefact(MODEL_NAME, version=version, models_dir=models_dir)
-                cls._loaded[key] = cls(artefact, load_keras_model(artefact))
-            return cls._loaded[key]
+        """The shipped model (newest version unless given), checksum-verified.
+
+        Each call loads the model again: keep the classifier (the CT pipeline does, and the
+        registry keeps the pipeline).
+        """
+        artefact = find_artefact(MODEL_NAME, version=version, models_dir=models_dir)
+        return cls(artefact, load_keras_model(artefact))
 
     def warm_up(self) -> None:
         self.predict_inputs(np.zeros((1, self.input_size, self.input_size, 1), np.float32))

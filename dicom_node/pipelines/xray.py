@@ -10,7 +10,6 @@ image and outlines its hottest region for the SR.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,12 @@ import numpy as np
 from pydicom import Dataset
 
 from dicom_node import gradcam
+from dicom_node.domain import XRAY_CLASSES, ModelInfo, XrayFinding, XrayImageFinding
+from dicom_node.errors import PipelineError, PreprocessingError
 from dicom_node.model_store import ModelArtefact, find_artefact, load_keras_model
-from dicom_node.pipelines.base import ModelInfo, OutputContext, Pipeline, PipelineError
-from dicom_node.pipelines.findings import XRAY_CLASSES, XrayFinding, XrayImageFinding
+from dicom_node.pipelines.base import Pipeline
 from dicom_node.preprocessing import (
     LoadedImage,
-    PreprocessingError,
     dataset_to_display,
     display_to_uint8,
     to_model_input,
@@ -52,12 +51,10 @@ class PreparedXray:
 
 class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
     name: ClassVar[str] = "xray"
-    _loaded: ClassVar[dict[tuple[str, str | None], XrayPipeline]] = {}
-    _load_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, artefact: ModelArtefact, model: Any) -> None:
         card = artefact.card
-        classes = tuple(card.get("classes", ()))
+        classes = card.classes
         if classes != XRAY_CLASSES:
             raise PipelineError(
                 f"model {artefact.name} {artefact.version} has classes {classes}, "
@@ -65,34 +62,30 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             )
         self.artefact = artefact
         self.model_info = ModelInfo(name=artefact.name, version=artefact.version, classes=classes)
-        self.input_size = int(card["input"]["size"])
-        self._percentiles = tuple(card["input"].get("percentiles", (1.0, 99.0)))
-        self._margin = float(card["input"].get("central_margin", 0.1))
+        self.input_size = card.input.size
+        self._percentiles = card.input.percentiles
+        self._margin = card.input.central_margin
         # The label rule fitted on validation (triage operating point): argmax(p_k * w_k).
-        decision = card.get("decision", {})
-        self.decision_weights = np.asarray(decision.get("weights", [1.0] * len(classes)), float)
+        self.decision_weights = np.asarray(card.decision.weights, float)
         self.cam = gradcam.GradCam(
             model,
-            layer_name=card.get("gradcam_layer"),
-            logits_layer=card.get("logits_layer", "logits"),
-            temperature=float(card.get("temperature", 1.0)),
+            layer_name=card.gradcam_layer,
+            logits_layer=card.logits_layer,
+            temperature=card.temperature,
         )
 
     @classmethod
     def load(cls, models_dir: Path | None = None, version: str | None = None) -> XrayPipeline:
-        """The shipped model (newest version unless given), checksum-verified, loaded once."""
-        key = (str(models_dir), version)
-        with cls._load_lock:
-            if key not in cls._loaded:
-                artefact = find_artefact(MODEL_NAME, version=version, models_dir=models_dir)
-                cls._loaded[key] = cls(artefact, load_keras_model(artefact))
-            return cls._loaded[key]
+        """The shipped model (newest version unless given), checksum-verified.
+
+        Each call loads the model again: keep the pipeline (``dicom_node.registry`` does).
+        """
+        artefact = find_artefact(MODEL_NAME, version=version, models_dir=models_dir)
+        return cls(artefact, load_keras_model(artefact))
 
     # -- the pipeline seam ----------------------------------------------------------------
 
     def warm_up(self) -> None:
-        import dicom_node.outputs.xray  # noqa: F401  (highdicom: a third of a second to import)
-
         self.cam(np.zeros((1, *self.cam.input_shape), np.float32))
 
     def model_input(self, display: np.ndarray) -> np.ndarray:
@@ -163,13 +156,6 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
                 )
             )
         return XrayFinding(images=tuple(findings))
-
-    def build_outputs(
-        self, finding: XrayFinding, sources: Sequence[Dataset], context: OutputContext
-    ) -> list[Dataset]:
-        from dicom_node.outputs.xray import build_xray_outputs
-
-        return build_xray_outputs(finding, sources, context, self.model_info)
 
     def summarise(self, finding: XrayFinding) -> dict[str, Any]:
         """The most confident image's label and probabilities, plus each image's."""

@@ -10,12 +10,10 @@ from typing import Any
 import pydicom
 import pytest
 
-from dicom_node.devtools.validate import dciodvfy_errors
-from dicom_node.outputs.ct import read_ct_report
-from dicom_node.synthetic import write_phantom_series
-from tests.integration.conftest import SC_STORAGE, SEG_STORAGE, SR_STORAGE
-
-pytestmark = pytest.mark.integration
+from dicom_node.outputs.readers import read_ct_report
+from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE
+from tests.support.synthetic import write_phantom_series
+from tests.support.validate import dciodvfy_errors
 
 
 def test_phantom_ct_through_orthanc_returns_sr_seg_and_key_images(

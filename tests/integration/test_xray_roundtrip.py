@@ -16,14 +16,12 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pynetdicom import AE
 
-from dicom_node.devtools.results import read_xray_report
-from dicom_node.devtools.validate import dciodvfy_errors
+from dicom_node.domain import XRAY_CLASSES
 from dicom_node.model_store import find_artefact
-from dicom_node.pipelines.findings import XRAY_CLASSES
-from tests.factories import chest_cr, small_cr
-from tests.integration.conftest import SC_STORAGE, SR_STORAGE, Stack
-
-pytestmark = pytest.mark.integration
+from dicom_node.outputs.readers import read_xray_report
+from tests.support.factories import chest_cr, small_cr
+from tests.support.stack import SC_STORAGE, SR_STORAGE, Stack
+from tests.support.validate import dciodvfy_errors
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm") or "")
 RG1_J2K = Path(get_testdata_file("RG1_J2KR.dcm") or "")
@@ -68,7 +66,7 @@ def test_chest_cr_sent_from_orthanc_returns_as_sr_and_sc(make_stack: Any, tmp_pa
     assert sum(image.probabilities.values()) == pytest.approx(1.0, abs=1e-3)
     # The label follows the shipped card's rule, argmax(p_k * w_k), over the SR's probabilities.
     card = find_artefact("xray_classifier").card
-    weights = dict(zip(XRAY_CLASSES, card["decision"]["weights"], strict=True))
+    weights = dict(zip(XRAY_CLASSES, card.decision.weights, strict=True))
     assert image.label == max(
         image.probabilities, key=lambda k: image.probabilities[k] * weights[k]
     )

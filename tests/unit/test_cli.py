@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from dicom_node.cli import main
-from dicom_node.db import InstanceRecord, JobLog, utcnow
+from dicom_node.joblog import JobLog
+from dicom_node.joblog.records import InstanceRecord
+from dicom_node.joblog.schema import utcnow
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_jobs_without_a_log_says_where_it_looked(
 
 def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     joblog = JobLog.open(data_dir / "jobs.sqlite")
-    outcome = joblog.record_instance(
+    outcome = joblog.intake.record_instance(
         InstanceRecord(
             "1.9",
             "1.9.1",
@@ -58,10 +60,11 @@ def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixtu
             1,
         )
     )
-    joblog.complete_job(outcome.job_id, "xray", None, utcnow())
-    claimed = joblog.claim_next_job()
+    [instance] = joblog.assembly.study_instances(outcome.job_id)
+    joblog.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, utcnow())
+    claimed = joblog.queue.claim_next()
     assert claimed is not None
-    joblog.fail_job(claimed.id, "ValueError: cannot decode")
+    joblog.queue.fail(claimed.id, "ValueError: cannot decode")
 
     assert main(["jobs"]) == 0
     table = capsys.readouterr().out

@@ -11,10 +11,11 @@ import pydicom
 import pytest
 from pydicom import Dataset
 
-from dicom_node.pipelines.ct_lungs import LEFT_LUNG, RIGHT_LUNG, LungSegmentation, segment_lungs
+from dicom_node.domain import LEFT_LUNG, RIGHT_LUNG
+from dicom_node.pipelines.ct_lungs import LungSegmentation, segment_lungs
 from dicom_node.pipelines.ct_series import CtVolume, assemble, check_series
-from dicom_node.synthetic import PhantomSeries, make_phantom, write_phantom_series
-from dicom_node.synthetic.phantom import AIRWAY, LEFT, RIGHT, Ellipsoid
+from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
+from tests.support.synthetic.phantom import AIRWAY, LEFT, RIGHT, Ellipsoid
 
 
 def load(series: PhantomSeries) -> list[Dataset]:

@@ -18,7 +18,7 @@ from dicom_node.pipelines.ct_quant import (
     severity_band,
 )
 from dicom_node.pipelines.ct_series import assemble, check_series
-from dicom_node.synthetic import Ball, PhantomSeries, make_phantom, write_phantom_series
+from tests.support.synthetic import Ball, PhantomSeries, make_phantom, write_phantom_series
 
 ACCURACY_POINTS = 2.0  # involvement percent: the acceptance limit
 

@@ -9,9 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.devtools.validate import dciodvfy_errors
-from dicom_node.synthetic import PhantomSeries, make_phantom, write_phantom_series
-from dicom_node.synthetic.phantom import AIRWAY, CONSOLIDATION, GGO, LEFT, RIGHT, VESSEL
+from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
+from tests.support.synthetic.phantom import AIRWAY, CONSOLIDATION, GGO, LEFT, RIGHT, VESSEL
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +91,3 @@ def test_same_arguments_write_the_same_series(tmp_path: Path) -> None:
     assert a.series_instance_uid == b.series_instance_uid != c.series_instance_uid
     assert a.files[3].read_bytes() == b.files[3].read_bytes()
     assert a.truth == b.truth
-
-
-def test_slices_pass_dciodvfy(series: PhantomSeries) -> None:
-    assert dciodvfy_errors(series.files[0]) == []

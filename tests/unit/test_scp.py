@@ -17,11 +17,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.config import Settings
-from dicom_node.db import JobLog, RecordOutcome
-from dicom_node.devtools.net import free_port
+from dicom_node.joblog import JobLog
+from dicom_node.joblog.records import RecordOutcome
 from dicom_node.metrics import Metrics
 from dicom_node.scp import Intake, start_scp
-from tests.factories import small_cr
+from tests.support.factories import small_cr
+from tests.support.net import free_port
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ def _start(tmp_path: Path, **overrides: object) -> Iterator[RunningScp]:
     joblog = JobLog.open(settings.database_path)
     metrics = Metrics()
     armed: list[RecordOutcome] = []
-    server = start_scp(settings, Intake(settings, joblog, metrics, armed.append))
+    server = start_scp(settings, Intake(settings, joblog.intake, metrics, armed.append))
     try:
         yield RunningScp(settings, joblog, metrics, armed)
     finally:
@@ -74,7 +75,7 @@ def echo(scp: RunningScp) -> int:
 def test_store_writes_the_bytes_and_records_the_instance(scp: RunningScp) -> None:
     dataset = small_cr()
     assert send(scp, dataset) == 0x0000
-    [instance] = scp.joblog.study_instances(scp.armed[0].job_id)
+    [instance] = scp.joblog.assembly.study_instances(scp.armed[0].job_id)
     stored = pydicom.dcmread(instance.path)
     assert stored.SOPInstanceUID == dataset.SOPInstanceUID
     assert stored.PixelData == dataset.PixelData
@@ -89,14 +90,14 @@ def test_instances_of_one_study_share_a_job_and_rearm_the_timer(scp: RunningScp)
     second.StudyInstanceUID = first.StudyInstanceUID
     assert send(scp, first) == send(scp, second) == 0x0000
     assert [o.job_id for o in scp.armed] == [scp.armed[0].job_id] * 2
-    assert scp.joblog.job(scp.armed[0].job_id).instance_count == 2  # type: ignore[union-attr]
+    assert scp.joblog.admin.job(scp.armed[0].job_id).instances == 2  # type: ignore[union-attr]
 
 
 def test_resent_instance_replaces_the_file_without_a_new_job(scp: RunningScp) -> None:
     dataset = small_cr()
     assert send(scp, dataset) == send(scp, dataset) == 0x0000
     assert scp.armed[1].duplicate
-    assert len(scp.joblog.study_instances(scp.armed[0].job_id)) == 1
+    assert len(scp.joblog.assembly.study_instances(scp.armed[0].job_id)) == 1
 
 
 def test_unknown_calling_ae_is_refused_at_association(scp: RunningScp) -> None:
@@ -144,7 +145,7 @@ def test_bad_datasets_get_a_failure_status_a_log_entry_and_are_kept(
     dataset = small_cr()
     damage(dataset)  # type: ignore[operator]
     assert send(scp, dataset) == status
-    [row] = scp.joblog.job_rows()
+    [row] = scp.joblog.admin.job_rows()
     assert row.state == "rejected"
     assert reason in (row.error or "")
     assert scp.armed == []
@@ -156,7 +157,7 @@ def test_bad_datasets_get_a_failure_status_a_log_entry_and_are_kept(
 def test_full_disk_is_refused_with_out_of_resources(tmp_path: Path) -> None:
     for scp in _start(tmp_path, min_free_disk_mb=10**9):
         assert send(scp, small_cr()) == 0xA700
-        [row] = scp.joblog.job_rows()
+        [row] = scp.joblog.admin.job_rows()
         assert "free disk space" in (row.error or "")
 
 

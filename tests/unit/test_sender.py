@@ -11,14 +11,16 @@ from pydicom import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from dicom_node.config import PacsAddress, Settings
-from dicom_node.db import DEAD, DONE, SENDING, JobLog, utcnow
-from dicom_node.devtools.net import free_port
+from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.joblog import JobLog
+from dicom_node.joblog.records import InstanceRecord
+from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.metrics import Metrics
 from dicom_node.outputs.xray import build_xray_outputs
-from dicom_node.pipelines.base import ModelInfo, OutputContext
 from dicom_node.scu import ResultSender
 from dicom_node.worker import Worker
-from tests.factories import small_cr, synthetic_xray_finding
+from tests.support.factories import small_cr, synthetic_xray_finding
+from tests.support.net import free_port
 
 MODEL = ModelInfo("test_model", "0.0.1", ("covid", "normal", "pneumonia_bac"))
 
@@ -81,9 +83,7 @@ def _sending_job(
     )
     joblog = JobLog.open(settings.database_path)
     source = small_cr()
-    from dicom_node.db import InstanceRecord
-
-    outcome = joblog.record_instance(
+    outcome = joblog.intake.record_instance(
         InstanceRecord(
             str(source.StudyInstanceUID),
             str(source.SeriesInstanceUID),
@@ -99,13 +99,14 @@ def _sending_job(
             0,
         )
     )
-    assert joblog.complete_job(outcome.job_id, "xray", None, utcnow())
-    job = joblog.claim_next_job()
+    [instance] = joblog.assembly.study_instances(outcome.job_id)
+    assert joblog.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, utcnow())
+    job = joblog.queue.claim_next()
     assert job is not None
     outputs = build_xray_outputs(synthetic_xray_finding(source), [source], OutputContext(), MODEL)
-    worker = Worker(settings, joblog, None, Metrics(), lambda: None)  # type: ignore[arg-type]
+    worker = Worker(settings, joblog.queue, None, Metrics(), lambda: None)  # type: ignore[arg-type]
     written = [worker._write_output(str(source.StudyInstanceUID), ds) for ds in outputs]
-    joblog.processed(job.id, MODEL.name, MODEL.version, "{}", written, str(settings.pacs))
+    joblog.queue.processed(job.id, MODEL.name, MODEL.version, "{}", written, str(settings.pacs))
     return settings, joblog, job.id
 
 
@@ -113,9 +114,9 @@ def _drain(sender: ResultSender, joblog: JobLog, job_id: int, timeout: float = 1
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sender.send_due()
-        job = joblog.job(job_id)
+        job = joblog.admin.job(job_id)
         assert job is not None
-        if job.state != SENDING:
+        if job.state != JobState.SENDING:
             return job.state
         time.sleep(0.02)
     raise AssertionError("job still sending")
@@ -126,8 +127,8 @@ def test_results_are_delivered_with_our_ae_title(
 ) -> None:
     settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
     metrics = Metrics()
-    sender = ResultSender(settings, joblog, metrics)
-    assert _drain(sender, joblog, job_id) == DONE
+    sender = ResultSender(settings, joblog.deliveries, metrics)
+    assert _drain(sender, joblog, job_id) == JobState.DONE
     assert sorted(ds.Modality for ds in pacs.received) == ["OT", "SR"]
     assert set(pacs.calling_aes) == {"AINODE"}
     assert (
@@ -143,7 +144,10 @@ def test_warning_status_counts_as_delivered(
 ) -> None:
     pacs.status = 0xB000  # Coercion of data elements: stored with changes
     settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
-    assert _drain(ResultSender(settings, joblog, Metrics()), joblog, job_id) == DONE
+    assert (
+        _drain(ResultSender(settings, joblog.deliveries, Metrics()), joblog, job_id)
+        == JobState.DONE
+    )
 
 
 def test_failure_status_retries_then_dead_letters(
@@ -151,25 +155,30 @@ def test_failure_status_retries_then_dead_letters(
 ) -> None:
     pacs.status = 0xA700
     settings, joblog, job_id = _sending_job(tmp_path, pacs_port)
-    assert _drain(ResultSender(settings, joblog, Metrics()), joblog, job_id) == DEAD
-    job = joblog.job(job_id)
+    assert (
+        _drain(ResultSender(settings, joblog.deliveries, Metrics()), joblog, job_id)
+        == JobState.DEAD
+    )
+    job = joblog.admin.job(job_id)
     assert job is not None and "0xA700" in (job.error or "")
     assert len(pacs.received) == 2 * settings.send_max_attempts
     # An admin requeue re-runs the job (deterministic UIDs: no duplicates at the PACS).
-    assert joblog.requeue() == [job_id]
+    assert joblog.admin.requeue() == [job_id]
 
 
 def test_pacs_down_then_up_delivers(tmp_path: Path, pacs_port: int) -> None:
     settings, joblog, job_id = _sending_job(tmp_path, pacs_port, send_max_attempts=50)
-    sender = ResultSender(settings, joblog, Metrics())
+    sender = ResultSender(settings, joblog.deliveries, Metrics())
     assert sender.send_due()  # attempt 1: connection refused
-    delivery = joblog.due_deliveries()
-    job = joblog.job(job_id)
-    assert job is not None and job.state == SENDING and delivery == []  # waiting for backoff
+    delivery = joblog.deliveries.due()
+    job = joblog.admin.job(job_id)
+    assert (
+        job is not None and job.state == JobState.SENDING and delivery == []
+    )  # waiting for backoff
     pacs = FakePacsScp(pacs_port)
     pacs.start()
     try:
-        assert _drain(sender, joblog, job_id) == DONE
+        assert _drain(sender, joblog, job_id) == JobState.DONE
         assert len(pacs.received) == 2
     finally:
         pacs.stop()

@@ -1,4 +1,4 @@
-"""Read our X-ray SR back (demo output and test assertions), through highdicom."""
+"""Our own outputs read back through highdicom: for the demo, tests and validation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import highdicom as hd
 from pydicom import Dataset
 
 from dicom_node.outputs.codes import FINDING_BY_CLASS
+from dicom_node.outputs.common import MeasurementGroup
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class XrayReportImage:
 
 
 def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
-    """One entry per measurement group (= per analysed radiograph)."""
+    """Our X-ray SR: one entry per measurement group (= per analysed radiograph)."""
     report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
     content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
     class_by_code = {concept.value: key for key, concept in FINDING_BY_CLASS.items()}
@@ -54,3 +55,23 @@ def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
             )
         )
     return images
+
+
+def read_ct_report(dataset: Dataset) -> dict[str, dict[str, float]]:
+    """Our CT SR's numbers back: ``{group: {measurement meaning: value}}``.
+
+    Groups are keyed by tracking identifier ("CT COVID-19 assessment (AI, unverified)",
+    "Right lung (AI, unverified)", ...).
+    """
+    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
+    groups: list[MeasurementGroup] = [
+        *content.get_image_measurement_groups(),
+        *content.get_volumetric_roi_measurement_groups(),
+    ]
+    return {
+        str(group.tracking_identifier): {
+            str(m.name.meaning): float(m.value) for m in group.get_measurements()
+        }
+        for group in groups
+    }

@@ -6,7 +6,7 @@ consolidation balls, some against the pleura) and renders it slice by slice;
 rendered voxels.  Nothing here is patient data.
 """
 
-from dicom_node.synthetic.phantom import (
+from tests.support.synthetic.phantom import (
     Ball,
     LungTruth,
     Phantom,
@@ -14,7 +14,7 @@ from dicom_node.synthetic.phantom import (
     Tube,
     make_phantom,
 )
-from dicom_node.synthetic.writer import PhantomSeries, write_phantom_series
+from tests.support.synthetic.writer import PhantomSeries, write_phantom_series
 
 __all__ = [
     "Ball",

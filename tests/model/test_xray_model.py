@@ -14,9 +14,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from sklearn.metrics import roc_auc_score
 
-from dicom_node.model_store import ModelStoreError, find_artefact, load_keras_model
-from dicom_node.pipelines.base import PipelineError
-from dicom_node.pipelines.findings import XRAY_CLASSES
+from dicom_node.domain import XRAY_CLASSES
+from dicom_node.errors import ModelStoreError, PipelineError
+from dicom_node.model_store import find_artefact, load_keras_model
 from dicom_node.pipelines.xray import XrayPipeline
 from dicom_node.preprocessing import read_image
 from training.data import read_manifest
@@ -35,10 +35,10 @@ def rg1() -> pydicom.Dataset:
 def test_shipped_artefact_is_verified_and_described() -> None:
     artefact = find_artefact("xray_classifier")  # verifies SHA256SUMS
     card = artefact.card
-    assert tuple(card["classes"]) == XRAY_CLASSES
+    assert card.classes == XRAY_CLASSES
     assert (artefact.directory / "model_card.md").is_file()
     assert artefact.weights_path.stat().st_size < 30 * 2**20  # small enough to commit
-    test = card["metrics"]["test"]
+    test = card.metrics["test"]
     assert test["macro_roc_auc"] >= 0.95  # the quality bar (COVID-19 sensitivity: README)
 
 
@@ -51,8 +51,8 @@ def test_card_metrics_agree_with_the_saved_predictions() -> None:
     rows = [r for r in rows if r["true"] in XRAY_CLASSES]
     probs = np.array([[float(r[f"p_{c}"]) for c in XRAY_CLASSES] for r in rows])
     truth = np.array([XRAY_CLASSES.index(r["true"]) for r in rows])
-    predicted = (probs * np.asarray(card["decision"]["weights"])).argmax(axis=1)
-    test = card["metrics"]["test"]
+    predicted = (probs * np.asarray(card.decision.weights)).argmax(axis=1)
+    test = card.metrics["test"]
     assert len(rows) == test["n"]
     np.testing.assert_array_equal(
         np.bincount(truth * 3 + predicted, minlength=9).reshape(3, 3), test["confusion_matrix"]
@@ -86,10 +86,10 @@ def test_real_cr_end_to_end(pipeline: XrayPipeline, rg1: pydicom.Dataset) -> Non
     assert image.source_sop_instance_uid == rg1.SOPInstanceUID
     assert tuple(image.probabilities) == XRAY_CLASSES
     assert sum(image.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-    weights = pipeline.artefact.card["decision"]["weights"]
+    weights = pipeline.artefact.card.decision.weights
     scores = [image.probabilities[c] * w for c, w in zip(XRAY_CLASSES, weights, strict=True)]
     assert image.label == XRAY_CLASSES[int(np.argmax(scores))]
-    assert weights[0] >= 1.0 and weights[1:] == [1.0, 1.0]  # only COVID-19 is weighted
+    assert weights[0] >= 1.0 and weights[1:] == (1.0, 1.0)  # only COVID-19 is weighted
     assert image.heatmap.shape == (rg1.Rows, rg1.Columns)
     assert image.heatmap.min() >= 0.0 and image.heatmap.max() <= 1.0
     assert image.display_image.shape == (rg1.Rows, rg1.Columns)
@@ -112,7 +112,7 @@ def test_real_cr_end_to_end(pipeline: XrayPipeline, rg1: pydicom.Dataset) -> Non
 
 
 def test_gradcam_layer_is_the_cards_and_spatial(pipeline: XrayPipeline) -> None:
-    assert pipeline.cam.layer_name == pipeline.artefact.card["gradcam_layer"]
+    assert pipeline.cam.layer_name == pipeline.artefact.card.gradcam_layer
     model_input = np.zeros((1, pipeline.input_size, pipeline.input_size, 1), np.float32)
     cams = pipeline.cam(model_input).cams
     assert cams.shape[1] > 1 and cams.shape[2] > 1

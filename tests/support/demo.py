@@ -30,14 +30,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicom_node import RESEARCH_NOTICE
-from dicom_node.devtools.net import free_port
-from dicom_node.devtools.node import NodeProcess
-from dicom_node.devtools.orthanc import NodeTarget, OrthancServer
-from dicom_node.devtools.results import read_xray_report
 from dicom_node.outputs.codes import CLASS_DISPLAY_NAME
+from dicom_node.outputs.readers import read_xray_report
+from tests.support.net import free_port
+from tests.support.node import NodeProcess
+from tests.support.orthanc import NodeTarget, OrthancServer
+from tests.support.stack import SC_STORAGE, SR_STORAGE
 
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
-SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 ORTHANC_STABLE_AGE = 2
 NODE_QUIET_SECONDS = 2
 
@@ -155,7 +154,7 @@ def _job(node: NodeProcess, study_uid: str) -> dict[str, Any]:
             text=True,
             check=True,
         ).stdout
-        jobs = [json.loads(line) for line in out.splitlines() if line.strip()]
+        jobs: list[dict[str, Any]] = [json.loads(line) for line in out.splitlines() if line.strip()]
         done = [j for j in jobs if j["study_instance_uid"] == study_uid and j["state"] == "done"]
         if done or time.monotonic() > deadline:
             return done[-1] if done else jobs[-1]

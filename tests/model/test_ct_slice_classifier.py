@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from dicom_node.errors import PreprocessingError
 from dicom_node.model_store import find_artefact, load_keras_model
 from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
-from dicom_node.preprocessing import LUNG_WINDOW_HU, PreprocessingError, hu_slice_to_display
+from dicom_node.preprocessing import LUNG_WINDOW_HU, hu_slice_to_display
 from training.data import read_manifest
 
 
@@ -31,17 +32,17 @@ def _hu_slices(shared_data: Path) -> np.ndarray:
 
 def test_shipped_artefact(classifier: CtSliceClassifier) -> None:
     card = find_artefact("ct_slice_classifier").card
-    assert "covid" in card["classes"]
+    assert "covid" in card.classes
     # Evaluated on the test split once; the card states whether the target was met.
-    auc = card["metrics"]["test"]["macro_roc_auc"]
-    lo, hi = card["metrics"]["test"]["macro_roc_auc_ci95"]
+    auc = card.metrics["test"]["macro_roc_auc"]
+    lo, hi = card.metrics["test"]["macro_roc_auc_ci95"]
     assert lo <= auc <= hi
-    (target,) = card["targets"]
-    assert target["metric"] == "macro_roc_auc" and target["value"] == auc
-    assert target["met"] == (auc >= target["minimum"])
-    below = [item for item in card["limitations"] if item.startswith("Below the issue's target")]
-    assert bool(below) != target["met"]
-    assert classifier.window == LUNG_WINDOW_HU == tuple(card["ct"]["window_hu"])
+    (target,) = card.targets
+    assert target.metric == "macro_roc_auc" and target.value == auc
+    assert target.met == (auc >= target.minimum)
+    below = [item for item in card.limitations if item.startswith("Below the issue's target")]
+    assert bool(below) != target.met
+    assert classifier.window == LUNG_WINDOW_HU == card.ct.window_hu
 
 
 def test_warm_up_traces_once_for_every_batch_size() -> None:
@@ -79,4 +80,4 @@ def test_validation_slices_are_separated(classifier: CtSliceClassifier, shared_d
     assert auc > 0.7  # far better than chance
     # The node's path reproduces the validation AUC the card reports (training's evaluation).
     card = find_artefact("ct_slice_classifier").card
-    assert abs(auc - card["metrics"]["val"]["macro_roc_auc"]) < 0.01
+    assert abs(auc - card.metrics["val"]["macro_roc_auc"]) < 0.01

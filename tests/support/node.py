@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dicom_node.devtools.net import wait_for_http
+from tests.support.net import wait_for_http
 
 
 class NodeProcess:

@@ -20,7 +20,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_node.synthetic.phantom import Phantom, PhantomTruth, make_phantom, truth_from_counts
+from tests.support.synthetic.phantom import Phantom, PhantomTruth, make_phantom, truth_from_counts
 
 PATIENT_NAME = "Phantom^Chest"
 PATIENT_ID = "PHANTOM-CT"

@@ -20,7 +20,7 @@ from typing import Any
 import pydicom
 from pydicom import Dataset
 
-from dicom_node.devtools.net import wait_for_http
+from tests.support.net import wait_for_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ORTHANC_DIR = REPO_ROOT / "orthanc"
@@ -59,7 +59,7 @@ class OrthancServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def config(self) -> dict[str, Any]:
-        config = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
+        config: dict[str, Any] = json.loads((ORTHANC_DIR / "orthanc.json").read_text())
         storage = self.workdir / "storage"
         config.update(
             {

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from dicom_node.gradcam import GradCam, GradCamError, hot_region, resample, select_gradcam_layer
+from dicom_node.errors import GradCamError
+from dicom_node.gradcam import GradCam, hot_region, resample, select_gradcam_layer
 
 
 def _blob_model(size: int = 32) -> keras.Model:

@@ -45,7 +45,7 @@ def test_mixed_inputs_with_failures(shared_data: Path, tmp_path: Path) -> None:
     heatmaps = tmp_path / "heat"
 
     code, results, _, err = _classify([png, text, dicom, missing], heatmap_dir=heatmaps)
-    weights = find_artefact("xray_classifier").card["decision"]["weights"]
+    weights = find_artefact("xray_classifier").card.decision.weights
     assert code == 1
     assert [r["path"] for r in results] == [str(png), str(text), str(dicom), str(missing)]
     for good in (results[0], results[2]):

@@ -9,9 +9,11 @@ import numpy as np
 import pydicom
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_node.pipelines.findings import XRAY_CLASSES, XrayFinding, XrayImageFinding
+from dicom_node.domain import XRAY_CLASSES, XrayFinding, XrayImageFinding
+from dicom_node.joblog.records import InstanceRecord
 
 
 @lru_cache(maxsize=1)
@@ -65,3 +67,56 @@ def synthetic_xray_finding(source: Dataset, label: str = "covid") -> XrayFinding
         str(source.SOPInstanceUID), label, probabilities, heat.astype(np.float32), region, display
     )
     return XrayFinding((image,))
+
+
+def instance_record(study: str, sop: str, modality: str = "CR") -> InstanceRecord:
+    """What the SCP would record for one CR instance ``sop`` of ``study`` (one series)."""
+    return InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid=study + ".1",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        modality=modality,
+        body_part="CHEST",
+        image_type=None,
+        description=None,
+        calling_ae="MODALITY",
+        path=f"/inbox/{sop}.dcm",
+        size_bytes=10,
+    )
+
+
+def grey_dataset(
+    stored: np.ndarray,
+    photometric: str,
+    bits_stored: int,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    signed: bool = False,
+) -> Dataset:
+    """A minimal DX-like grey-scale dataset around ``stored`` pixel values."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits_stored > 8 else 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 1 if signed else 0
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+        ds.RescaleType = "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    dtype = (np.int16 if signed else np.uint16) if bits_stored > 8 else np.uint8
+    ds.PixelData = stored.astype(dtype).tobytes()
+    return ds

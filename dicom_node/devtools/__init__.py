@@ -1,4 +1,0 @@
-"""Helpers for the demo, tests and benchmarks: run Orthanc and the node as local processes.
-
-Not used by the node at run time.
-"""

@@ -1,0 +1,102 @@
+"""The job log as the result sender uses it: due deliveries, their outcomes, the job's end."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select
+
+from dicom_node.joblog.records import DueDelivery, SettledJob
+from dicom_node.joblog.schema import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobState,
+    Store,
+    check_transition,
+    utcnow,
+)
+
+
+class DeliveryLog(Store):
+    def due(self, limit_jobs: int = 1) -> list[DueDelivery]:
+        """Pending deliveries whose retry time has come, for the oldest due job(s)."""
+        now = utcnow()
+        with self.session() as session:
+            job_ids = list(
+                session.scalars(
+                    select(Delivery.job_id)
+                    .join(Job)
+                    .where(
+                        Delivery.state == DeliveryState.PENDING,
+                        Delivery.next_attempt_at <= now,
+                        Job.state == JobState.SENDING,
+                    )
+                    .group_by(Delivery.job_id)
+                    .order_by(func.min(Delivery.next_attempt_at))
+                    .limit(limit_jobs)
+                )
+            )
+            if not job_ids:
+                return []
+            deliveries = session.scalars(
+                select(Delivery).where(
+                    Delivery.job_id.in_(job_ids),
+                    Delivery.state == DeliveryState.PENDING,
+                    Delivery.next_attempt_at <= now,
+                )
+            )
+            return [
+                DueDelivery(d.id, d.job_id, d.sop_instance_uid, d.path, d.destination, d.attempts)
+                for d in deliveries
+            ]
+
+    def sent(self, delivery_id: int, status: int) -> None:
+        with self.session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            delivery.state = DeliveryState.SENT
+            delivery.last_status = status
+            delivery.error = None
+            delivery.attempts += 1
+            delivery.sent_at = utcnow()
+
+    def failed(
+        self, delivery_id: int, status: int | None, error: str, retry_at: dt.datetime | None
+    ) -> None:
+        """Count a failed attempt; ``retry_at`` None means give up (dead letter)."""
+        with self.session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            assert delivery is not None
+            delivery.attempts += 1
+            delivery.last_status = status
+            delivery.error = error
+            if retry_at is None:
+                delivery.state = DeliveryState.DEAD
+            else:
+                delivery.next_attempt_at = retry_at
+
+    def settle(self, job_id: int) -> SettledJob:
+        """After a send round: ``done`` when all delivered, ``dead`` when any gave up."""
+        now = utcnow()
+        with self.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            states = {d.state for d in job.deliveries}
+            if job.state == JobState.SENDING and states <= {DeliveryState.SENT}:
+                job.state = check_transition(job.state, JobState.DONE)
+                job.finished_at = now
+                job.updated_at = now
+            elif (
+                job.state == JobState.SENDING
+                and DeliveryState.DEAD in states
+                and DeliveryState.PENDING not in states
+            ):
+                errors = sorted(
+                    {d.error for d in job.deliveries if d.state == DeliveryState.DEAD and d.error}
+                )
+                job.state = check_transition(job.state, JobState.DEAD)
+                job.error = "delivery failed: " + "; ".join(errors)
+                job.finished_at = now
+                job.updated_at = now
+            return SettledJob(job.id, job.state, job.pipeline, job.received_at, job.finished_at)

@@ -1,0 +1,1 @@
+"""Tests that need TensorFlow and the shipped models (most also use the shared data set)."""

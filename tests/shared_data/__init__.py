@@ -1,0 +1,1 @@
+"""Tests that need the shared data set (``../shared/data``) but not TensorFlow."""

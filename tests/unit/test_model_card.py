@@ -1,0 +1,107 @@
+"""The typed model card: shipped cards round-trip, defaults live in one place, bad cards fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dicom_node import preprocessing
+from dicom_node.errors import ModelStoreError
+from dicom_node.model_card import CtInputSpec, InputSpec, ModelCard
+from dicom_node.model_store import CARD_FILE, find_artefact
+from training import card as card_io
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+SHIPPED = sorted(MODELS.glob(f"*/*/{CARD_FILE}"))
+MINIMAL = {"classes": ["covid", "noncovid"], "input": {"size": 64}}
+
+
+def test_both_shipped_cards_are_found() -> None:
+    assert {p.parent.parent.name for p in SHIPPED} == {"xray_classifier", "ct_slice_classifier"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.parent.name)
+def test_shipped_card_round_trips_to_the_same_file(path: Path) -> None:
+    text = path.read_text()
+    data = json.loads(text)
+    card = ModelCard.from_json(data)
+    assert card.to_json() == data
+    # Same keys in the same order: training writes the file the node reads, byte for byte.
+    assert json.dumps(card.to_json(), indent=2) + "\n" == text
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.parent.name)
+def test_markdown_from_the_typed_card_is_the_shipped_one(path: Path, tmp_path: Path) -> None:
+    card_io.write_markdown(ModelCard.from_json(json.loads(path.read_text())), tmp_path / "md")
+    assert (tmp_path / "md").read_text() == path.with_name("model_card.md").read_text()
+
+
+def test_shipped_cards_typed_fields() -> None:
+    xray = find_artefact("xray_classifier", verify=False).card
+    assert xray.classes == ("covid", "normal", "pneumonia_bac")
+    assert xray.decision.target is not None and xray.decision.target.class_name == "covid"
+    assert xray.decision.weights[0] > 1.0 and xray.ct is None and xray.targets is None
+    ct = find_artefact("ct_slice_classifier", verify=False).card
+    assert ct.ct is not None and ct.ct_input == ct.ct
+    assert ct.training is not None and ct.training.ensemble is not None
+    assert [m.seed for m in ct.training.ensemble.seeds] == [42, 43, 44, 45, 46]
+
+
+def test_a_minimal_card_gets_the_defaults() -> None:
+    card = ModelCard.from_json(MINIMAL)
+    assert card.input == InputSpec(size=64)
+    assert card.temperature == 1.0 and card.logits_layer == "logits"
+    assert card.gradcam_layer is None
+    assert card.decision.weights == (1.0, 1.0) and card.decision.target is None
+    assert card.ct is None and card.ct_input == CtInputSpec()
+    assert card.training is None and card.metrics is None
+    # Absent documentation is left out; the inference fields are spelled out.
+    assert set(card.to_json()) == {
+        "classes",
+        "input",
+        "logits_layer",
+        "temperature",
+        "decision",
+    }
+    assert ModelCard.from_json(card.to_json()) == card
+
+
+def test_the_card_defaults_are_the_preprocessing_defaults() -> None:
+    spec = InputSpec(size=1)
+    assert spec.percentiles == preprocessing.DEFAULT_PERCENTILES
+    assert spec.central_margin == preprocessing.DEFAULT_CENTRAL_MARGIN
+    assert CtInputSpec().window_hu == preprocessing.LUNG_WINDOW_HU
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [
+        ({"input": {"size": 64}}, "'classes' is missing"),
+        ({"classes": ["a"]}, "'input' is missing"),
+        ({"classes": ["a"], "input": {}}, "'input.size' is missing"),
+        ({**MINIMAL, "input": {"size": "64"}}, "input.size must be an integer"),
+        ({**MINIMAL, "temperature": "warm"}, "temperature must be a number"),
+        ({**MINIMAL, "input": {"size": 64, "percentiles": [1.0]}}, "input.percentiles must be"),
+        ({**MINIMAL, "decision": {"weights": [1.0]}}, "decision.weights has 1 values for 2"),
+        ({**MINIMAL, "decision": {"target": {"class": "covid"}}}, "'decision.target.sensitivity'"),
+        ({**MINIMAL, "ct": {"crop_body": "yes"}}, "ct.crop_body must be true or false"),
+        ({**MINIMAL, "training": {"seed": 1}}, "'training.command' is missing"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_a_bad_card_names_the_field(card: object, message: str) -> None:
+    with pytest.raises(ModelStoreError, match=message):
+        ModelCard.from_json(card)  # type: ignore[arg-type]
+
+
+def test_the_store_names_the_file_of_a_bad_card(tmp_path: Path) -> None:
+    directory = tmp_path / "m" / "1.0.0"
+    directory.mkdir(parents=True)
+    (directory / CARD_FILE).write_text(json.dumps({"classes": ["a"], "input": {}}))
+    with pytest.raises(ModelStoreError, match=r"model_card\.json: .*'input\.size' is missing"):
+        find_artefact("m", models_dir=tmp_path, verify=False)
+    (directory / CARD_FILE).write_text("{not json")
+    with pytest.raises(ModelStoreError, match="not valid JSON"):
+        find_artefact("m", models_dir=tmp_path, verify=False)
