@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 from dicom_node.config import Settings
+from dicom_node.filing import Intake
 from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
-from dicom_node.scp import Intake, start_scp
+from dicom_node.scp import start_scp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from tests.support.net import free_port

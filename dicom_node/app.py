@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node import __version__
+from dicom_node.admission import Gate
 from dicom_node.assembly import StudyAssembler
+from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
+from dicom_node.filing import Intake
 from dicom_node.http_admin import AdminServer
 from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
-from dicom_node.scp import Intake, start_scp
+from dicom_node.scp import start_scp
 from dicom_node.scu import ResultSender, StoreTransport
+from dicom_node.storage import free_disk_mb, remove_partial_files
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,12 @@ class Node:
         self.metrics = Metrics()
         self.metrics.watch_job_states(self.joblog.admin.state_counts)
         self.pipelines = pipelines or PipelineRegistry(settings.models_dir)
-        self.sender = ResultSender(settings, self.joblog.deliveries, self.metrics, transport)
+        self.audit = AuditLog.for_settings(settings)
+        # TLS files and ae_hosts names are checked here, before any thread starts.
+        self.gate = Gate.from_settings(settings, self.audit)
+        self.sender = ResultSender(
+            settings, self.joblog.deliveries, self.metrics, transport, self.audit
+        )
         self.worker = Worker(
             settings, self.joblog.queue, self.pipelines, self.metrics, self.sender.wake
         )
@@ -51,11 +60,18 @@ class Node:
         self._stopped = threading.Event()
 
     def start(self) -> None:
+        leftovers = remove_partial_files(self.settings.data_dir)
+        if leftovers:
+            log.warning("removed %d partial file(s) left by an interrupted write", leftovers)
         recovered = self.joblog.queue.recover()
         if recovered:
             log.warning("re-queued %d job(s) interrupted by a previous stop", len(recovered))
         if not self.settings.allowed_aes:
-            log.warning("allowed_aes is empty: any calling AE may store to this node")
+            log.warning(
+                "allowed_aes is empty: any calling AE may connect and store (demo default); "
+                "production needs ALLOWED_AES (DICOM_NODE_ALLOWED_AES=PACS1,...)"
+            )
+        log.info("audit trail: %s", self.audit.path)
         if self.settings.pacs is None:
             log.warning(
                 "no PACS configured: results are written to %s only", self.settings.outbox_dir
@@ -65,9 +81,13 @@ class Node:
         self.assembler.start()
         self.admin.start()
         intake = Intake(
-            self.settings, self.joblog.intake, self.metrics, self.assembler.instance_received
+            self.settings,
+            self.joblog.intake,
+            self.metrics,
+            self.assembler.instance_received,
+            self.audit,
         )
-        self._scp = start_scp(self.settings, intake)
+        self._scp = start_scp(self.settings, intake, self.gate)
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
 
     def stop(self) -> None:
@@ -82,12 +102,28 @@ class Node:
         self.sender.stop()
         self.admin.stop()
         self.joblog.close()
+        self.audit.close()
 
     def health(self) -> dict[str, Any]:
+        """What ``/healthz`` reports; ``degraded`` whenever the node would refuse stores."""
         counts = self.joblog.admin.state_counts()
         threads_ok = self.worker.alive() and self.sender.alive()
+        free_mb = free_disk_mb(self.settings.data_dir)
+        disk_ok = free_mb >= self.settings.min_free_disk_mb
+        joblog_ok = self.joblog.writable()
+        problems = [
+            *([] if threads_ok else ["a worker or the sender has stopped"]),
+            *([] if self._scp is not None else ["the DICOM listener is not running"]),
+            *(
+                []
+                if disk_ok
+                else [f"free disk {free_mb:.0f} MB below min_free_disk_mb: stores are refused"]
+            ),
+            *([] if joblog_ok else ["the job log is locked: stores are refused"]),
+        ]
         return {
-            "status": "ok" if threads_ok and self._scp is not None else "degraded",
+            "status": "ok" if not problems else "degraded",
+            "problems": problems,
             "version": __version__,
             "ae_title": self.settings.ae_title,
             "dicom_port": self.settings.port,

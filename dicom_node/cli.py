@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +36,12 @@ _SERVE_FLAGS = {
 }
 
 
+_TLS_HELP = (
+    "DICOM TLS with the node's certificate (default: on for this node when tls_cert is set, "
+    "for --to when pacs_tls is set)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-node",
@@ -52,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     echo = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)")
     echo.add_argument("--to", help="AE@host:port")
     echo.add_argument("--aet", help="calling AE title (default: the node's AE title)")
+    echo.add_argument("--tls", action=argparse.BooleanOptionalAction, help=_TLS_HELP)
 
     send = sub.add_parser("send", help="C-STORE files to a DICOM peer (default: this node)")
     send.add_argument("files", nargs="+", type=Path)
     send.add_argument("--to", help="AE@host:port")
     send.add_argument("--aet", help="calling AE title (default: the node's AE title)")
+    send.add_argument("--tls", action=argparse.BooleanOptionalAction, help=_TLS_HELP)
 
     jobs = sub.add_parser("jobs", help="show the job log")
     jobs.add_argument("--follow", "-f", action="store_true", help="keep printing changes")
@@ -94,11 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if command == "config":
         print(json.dumps(settings.describe(), indent=2))
+        for note in _security_notes(settings):
+            print(f"dicom-node: {note}", file=sys.stderr)
         return 0
-    if command == "echo":
-        return _echo(settings, args.to, args.aet or settings.ae_title)
-    if command == "send":
-        return _send(settings, args.to, args.aet or settings.ae_title, args.files)
+    if command in {"echo", "send"}:
+        try:
+            tls = _client_tls(settings, args.to, args.tls)
+        except ConfigError as exc:
+            print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
+            return 2
+        if command == "echo":
+            return _echo(settings, args.to, args.aet or settings.ae_title, tls)
+        return _send(settings, args.to, args.aet or settings.ae_title, args.files, tls)
     if command == "jobs":
         return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
     if command == "requeue":
@@ -146,16 +162,48 @@ def _peer(settings: Settings, to: str | None) -> PacsAddress:
     return PacsAddress(settings.ae_title, host, settings.port)
 
 
-def _echo(settings: Settings, to: str | None, calling_ae: str) -> int:
+def _security_notes(settings: Settings) -> list[str]:
+    """What ``config`` says on stderr (the JSON on stdout stays machine-readable)."""
+    from dicom_node.audit import audit_path
+
+    notes = []
+    if not settings.allowed_aes:
+        notes.append(
+            "warning: allowed_aes is empty, so any calling AE may connect and store "
+            "(the demo default); production needs ALLOWED_AES (DICOM_NODE_ALLOWED_AES)"
+        )
+    if not settings.tls_enabled:
+        notes.append("warning: DICOM TLS is off (tls_cert unset): traffic is in clear text")
+    notes.append(f"audit trail: {audit_path(settings)}")
+    return notes
+
+
+def _client_tls(settings: Settings, to: str | None, flag: bool | None) -> ssl.SSLContext | None:
+    """TLS for ``echo``/``send``: asked for, or the default for the target (see _TLS_HELP)."""
+    use = flag if flag is not None else (settings.pacs_tls if to else settings.tls_enabled)
+    if not use:
+        return None
+    from dicom_node.tls import client_context
+
+    # The node's own certificate names its public host, not the loopback we reach it on:
+    # for a check of this node the chain is verified, the host name is not.
+    return client_context(settings, check_hostname=to is not None)
+
+
+def _echo(
+    settings: Settings, to: str | None, calling_ae: str, tls: ssl.SSLContext | None = None
+) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     peer = _peer(settings, to)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    tls_args = (tls, peer.host) if tls is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        print(f"C-ECHO to {peer}: association failed", file=sys.stderr)
+        how = "rejected" if assoc.is_rejected else "failed"
+        print(f"C-ECHO to {peer}: association {how}", file=sys.stderr)
         return 1
     status = assoc.send_c_echo()
     assoc.release()
@@ -164,12 +212,18 @@ def _echo(settings: Settings, to: str | None, calling_ae: str) -> int:
     return 0 if code == 0 else 1
 
 
-def _send(settings: Settings, to: str | None, calling_ae: str, files: list[Path]) -> int:
+def _send(
+    settings: Settings,
+    to: str | None,
+    calling_ae: str,
+    files: list[Path],
+    tls: ssl.SSLContext | None = None,
+) -> int:
     from dicom_node.scu import StoreClient
 
     peer = _peer(settings, to)
     paths = [p for f in files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
-    results = StoreClient(calling_ae, settings.network_timeout_seconds).send(peer, paths)
+    results = StoreClient(calling_ae, settings.network_timeout_seconds, tls).send(peer, paths)
     failed = 0
     for path, result in zip(paths, results, strict=True):
         status = f"0x{result.status:04X}" if result.status is not None else "none"
@@ -261,11 +315,34 @@ def _summary_text(summary: str | None) -> str:
     return " ".join(parts)
 
 
+def _audit_admin(settings: Settings, action: str, **fields: Any) -> None:
+    """An admin action in the audit trail; a command that cannot write it says so."""
+    from dicom_node.audit import AuditLog
+
+    try:
+        # The serving process rotates the file; a short-lived command only appends.
+        audit = AuditLog.for_settings(settings, rotate=False)
+    except ConfigError as exc:
+        print(f"dicom-node: warning: not audited: {exc}", file=sys.stderr)
+        return
+    try:
+        audit.admin(action, **fields)
+    finally:
+        audit.close()
+
+
 def _requeue(settings: Settings, job_ids: list[int], states: list[str] | None) -> int:
     joblog = _open_admin_log(settings)
     if joblog is None:
         return 1
     requeued = joblog.requeue(job_ids, states or ("failed", "dead"))
+    _audit_admin(
+        settings,
+        "requeue",
+        requested=job_ids or "all",
+        states=list(states or ("failed", "dead")),
+        requeued=requeued,
+    )
     missing = sorted(set(job_ids) - set(requeued))
     for job_id in requeued:
         print(f"job {job_id} re-queued")

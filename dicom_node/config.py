@@ -71,15 +71,36 @@ class Settings:
     quiet_seconds_by_modality: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_QUIET_SECONDS)
     )
+    # A calling AE listed here is accepted only from that host (Orthanc's
+    # DicomCheckModalityHost): TOML table ``AE = "host"``, env ``AE@host,AE2@host2``.
+    ae_hosts: Mapping[str, str] = field(default_factory=dict)
+    # Associations at once; the last ``reserved_associations`` are kept for allowed AEs.
+    maximum_associations: int = 16
+    reserved_associations: int = 4
+    # A peer must complete its A-ASSOCIATE-RQ within this time (idle sockets are dropped).
+    association_request_timeout_seconds: float = 5.0
+    # Largest accepted instance (encoded) and largest decoded pixel data, in MiB.
+    max_instance_mb: int = 1024
+    max_decoded_mb: int = 2048
     min_free_disk_mb: int = 1024
     fsync: bool = True
     worker_threads: int = 1
     preload_models: bool = True
     models_dir: Path | None = None
-    send_max_attempts: int = 6
+    # 2 s doubling to 15 min, 20 attempts: retries span about 2.8 hours of PACS outage.
+    send_max_attempts: int = 20
     send_backoff_seconds: float = 2.0
-    send_backoff_max_seconds: float = 300.0
+    send_backoff_max_seconds: float = 900.0
     network_timeout_seconds: float = 30.0
+    # DICOM TLS: with a certificate the DICOM port speaks TLS only (TLS 1.2+).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # trusted peer certificates (PEM bundle)
+    # Mutual TLS; unset means true whenever TLS is on.
+    tls_require_client_cert: bool | None = None
+    pacs_tls: bool = False  # send results to the PACS over TLS with the same certificate
+    # JSON-lines audit trail (associations, instances, deliveries, admin actions).
+    audit_log: Path | None = None
     log_level: str = "INFO"
     # Patient names/IDs never reach logs unless an admin explicitly asks for them.
     log_patient_data: bool = False
@@ -99,6 +120,25 @@ class Settings:
         for modality, seconds in self.quiet_seconds_by_modality.items():
             if seconds < 0:
                 raise ConfigError(f"quiet_seconds_by_modality.{modality}: must be >= 0")
+        for ae, ae_host in self.ae_hosts.items():
+            _check_ae(ae, "ae_hosts")
+            if not ae_host.strip():
+                raise ConfigError(f"{_label('ae_hosts')}: empty host for {ae}")
+        if self.maximum_associations < 1:
+            raise ConfigError(f"{_label('maximum_associations')}: must be >= 1")
+        if not 0 <= self.reserved_associations < self.maximum_associations:
+            raise ConfigError(
+                f"{_label('reserved_associations')}: must be 0 to maximum_associations - 1"
+            )
+        for name in ("association_request_timeout_seconds",):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_label(name)}: must be > 0")
+        if self.max_instance_mb < 1 or self.max_decoded_mb < 1:
+            raise ConfigError(f"{_label('max_instance_mb')}: sizes must be >= 1 MiB")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(f"{_label('tls_cert')}: tls_cert and tls_key go together")
+        if self.pacs_tls and self.tls_cert is None:
+            raise ConfigError(f"{_label('pacs_tls')}: needs tls_cert and tls_key")
         if self.min_free_disk_mb < 0:
             raise ConfigError(f"{_label('min_free_disk_mb')}: must be >= 0")
         if self.worker_threads < 0:
@@ -119,6 +159,16 @@ class Settings:
         return self.quiet_seconds_by_modality.get(modality or "", FALLBACK_QUIET_SECONDS)
 
     @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def requires_client_cert(self) -> bool:
+        if self.tls_require_client_cert is None:
+            return self.tls_enabled
+        return self.tls_require_client_cert
+
+    @property
     def inbox_dir(self) -> Path:
         return self.data_dir / "inbox"
 
@@ -135,7 +185,10 @@ class Settings:
         return self.data_dir / "jobs.sqlite"
 
     def describe(self) -> dict[str, Any]:
-        """The effective configuration as plain values (there are no secrets to hide)."""
+        """The effective configuration as plain values.
+
+        There are no secrets to hide: TLS settings are paths, never key material.
+        """
         out: dict[str, Any] = {}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
@@ -165,6 +218,17 @@ def _check_port(value: int, setting: str) -> None:
         raise ConfigError(f"{_label(setting)}: port must be 1-65535, got {value}")
 
 
+def _coerce_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
 def _coerce(name: str, raw: Any) -> Any:
     """Turn a TOML/env/CLI value into the field's type, naming the setting on failure."""
     kind = _FIELD_KINDS[name]
@@ -179,14 +243,7 @@ def _coerce(name: str, raw: Any) -> Any:
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(item).strip() for item in items if str(item).strip())
         if kind == "bool":
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError(f"expected true/false, got {raw!r}")
+            return _coerce_bool(raw)
         if kind == "int":
             if isinstance(raw, bool):
                 raise ValueError("expected an integer")
@@ -201,6 +258,17 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if kind == "optpath":
             return Path(str(raw)).expanduser() if str(raw) else None
+        if kind == "optbool":
+            if isinstance(raw, str) and raw.strip().lower() in {"", "auto"}:
+                return None
+            return _coerce_bool(raw)
+        if kind == "hosts":
+            if isinstance(raw, Mapping):
+                return {str(k).strip(): str(v).strip() for k, v in raw.items()}
+            pairs = [p.strip() for p in str(raw).split(",") if p.strip()]
+            if not all("@" in p for p in pairs):
+                raise ValueError(f"expected AE@host[,AE@host...], got {raw!r}")
+            return {p.split("@", 1)[0].strip(): p.split("@", 1)[1].strip() for p in pairs}
         if kind == "mapping":
             if not isinstance(raw, Mapping):
                 raise ValueError("expected a table of MODALITY = seconds")
@@ -224,6 +292,12 @@ _FIELD_KINDS: dict[str, str] = {
     "require_called_ae": "bool",
     "study_quiet_seconds": "optfloat",
     "quiet_seconds_by_modality": "mapping",
+    "ae_hosts": "hosts",
+    "maximum_associations": "int",
+    "reserved_associations": "int",
+    "association_request_timeout_seconds": "float",
+    "max_instance_mb": "int",
+    "max_decoded_mb": "int",
     "min_free_disk_mb": "int",
     "fsync": "bool",
     "worker_threads": "int",
@@ -233,6 +307,12 @@ _FIELD_KINDS: dict[str, str] = {
     "send_backoff_seconds": "float",
     "send_backoff_max_seconds": "float",
     "network_timeout_seconds": "float",
+    "tls_cert": "optpath",
+    "tls_key": "optpath",
+    "tls_ca": "optpath",
+    "tls_require_client_cert": "optbool",
+    "pacs_tls": "bool",
+    "audit_log": "optpath",
     "log_level": "str",
     "log_patient_data": "bool",
 }

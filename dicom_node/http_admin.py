@@ -15,6 +15,10 @@ from dicom_node.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+# An admin client that sends nothing for this long is disconnected (idle sockets would
+# otherwise each hold a thread for ever).
+IDLE_TIMEOUT_SECONDS = 10.0
+
 
 class AdminServer:
     def __init__(
@@ -45,6 +49,8 @@ class AdminServer:
         admin = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_TIMEOUT_SECONDS  # socket timeout for reading the request
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -53,7 +59,7 @@ class AdminServer:
                     try:
                         body = admin._health()
                     except Exception as exc:  # the health check itself must not crash
-                        body = {"status": "error", "error": str(exc)}
+                        body = {"status": "error", "error": type(exc).__name__}
                     code = 200 if body.get("status") == "ok" else 503
                     self._reply(code, "application/json", json.dumps(body).encode())
                 else:

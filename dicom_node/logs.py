@@ -1,14 +1,51 @@
-"""Logging setup: one line per event, no patient data.
+"""Logging setup: one line per event, bounded, no patient data.
 
-Our own log lines never contain patient names or IDs (only UIDs, AE titles, counts).
+Our own log lines never contain patient names or IDs (only UIDs, AE titles, counts), and
+values that come from a data set go through :func:`clean` (control characters escaped,
+length bounded) so a hostile value cannot forge log lines or flood the log.  As a last line
+of defence every record is flattened to one line of at most ``MAX_LINE`` characters.
 pynetdicom's debug output can dump whole datasets, so it (and highdicom's chatter) is kept at
 WARNING unless the admin sets ``log_patient_data`` together with ``log_level = DEBUG``.
+pydicom's warnings quote attribute values (a malformed PatientName, say), so they are kept
+out of the operational log.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
+
+MAX_LINE = 4096
+
+
+def clean(value: object, limit: int = 80) -> str:
+    """A data-set value made safe to log: printable, one line, at most ``limit`` characters."""
+    text = "" if value is None else str(value)
+    if len(text) > limit:
+        text = text[:limit] + f"...({len(text)} chars)"
+    return escape_controls(text)
+
+
+def escape_controls(text: str) -> str:
+    """Non-printable characters (line breaks, NUL, ESC, ...) as ``\\xNN`` escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+
+
+class OneLineFilter(logging.Filter):
+    """Escape control characters in messages (line breaks, terminal escapes) and cut
+    overlong ones; tracebacks stay as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        flat = escape_controls(message)
+        if len(flat) > MAX_LINE:
+            flat = flat[:MAX_LINE] + f"...({len(flat)} chars)"
+        if flat != message:
+            record.msg, record.args = flat, None
+        return True
 
 
 def configure_logging(level: str = "INFO", allow_patient_data: bool = False) -> None:
@@ -18,6 +55,14 @@ def configure_logging(level: str = "INFO", allow_patient_data: bool = False) -> 
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
-    noisy = "DEBUG" if (allow_patient_data and level.upper() == "DEBUG") else "WARNING"
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(OneLineFilter())
+    verbose = allow_patient_data and level.upper() == "DEBUG"
+    noisy = "DEBUG" if verbose else "WARNING"
     for name in ("pynetdicom", "highdicom", "apscheduler", "tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(noisy)
+    if not verbose:
+        # pydicom logs and warns with the offending value in the message.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+        warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"highdicom(\.|$)")

@@ -86,8 +86,8 @@ class PipelineRegistry:
             return loaded
 
     def loaded(self) -> list[str]:
-        with self._lock:
-            return sorted(self._loaded)
+        """Names loaded so far; never waits for a load in progress (``/healthz`` calls it)."""
+        return sorted(self._loaded.copy())  # a dict copy is atomic under the GIL
 
     def warm_up(self, name: str) -> None:
         """Load the pipeline, import its output builder (highdicom: a third of a second) and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
+from dicom_node.audit import AuditLog
 from dicom_node.config import PacsAddress, Settings
 from dicom_node.errors import SendError
 from dicom_node.joblog import DeliveryLog
 from dicom_node.joblog.records import DueDelivery
 from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.metrics import Metrics
+from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +54,17 @@ class StoreTransport(Protocol):
 
 
 class StoreClient:
-    """C-STORE SCU over pynetdicom."""
+    """C-STORE SCU over pynetdicom; over DICOM TLS when given a client context."""
 
-    def __init__(self, calling_ae: str, timeout_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        calling_ae: str,
+        timeout_seconds: float = 30.0,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._calling_ae = calling_ae
         self._timeout = timeout_seconds
+        self.tls_context = tls_context
 
     def send(self, address: PacsAddress, files: Sequence[Path]) -> list[StoreResult]:
         datasets: list[Dataset | None] = []
@@ -72,7 +81,7 @@ class StoreClient:
         for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets if ds is not None}):
             ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         try:
-            assoc = _associate(ae, address)
+            assoc = _associate(ae, address, self.tls_context)
         except SendError as exc:
             return [r or StoreResult(None, str(exc)) for r in results]
         try:
@@ -93,8 +102,10 @@ class StoreClient:
         return [r or StoreResult(None, "association ended early") for r in results]
 
 
-def _associate(ae: AE, address: PacsAddress) -> Association:
-    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+def _associate(ae: AE, address: PacsAddress, tls: ssl.SSLContext | None = None) -> Association:
+    # The host doubles as the TLS server name: the PACS certificate must name it.
+    tls_args = (tls, address.host) if tls is not None else None
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         reason = "association rejected" if assoc.is_rejected else "association failed"
         raise SendError(f"{reason} by {address}")
@@ -110,13 +121,17 @@ class ResultSender:
         joblog: DeliveryLog,
         metrics: Metrics,
         transport: StoreTransport | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._settings = settings
         self._joblog = joblog
         self._metrics = metrics
+        # Built here so a bad certificate stops the start (ConfigError), not the first send.
+        self._tls = client_context(settings) if settings.pacs_tls else None
         self._transport = transport or StoreClient(
-            settings.ae_title, settings.network_timeout_seconds
+            settings.ae_title, settings.network_timeout_seconds, self._tls
         )
+        self._audit = audit
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +181,7 @@ class ResultSender:
             results = self._transport.send(address, [Path(d.path) for d in batch])
             for delivery, result in zip(batch, results, strict=True):
                 self._record(delivery, result, destination)
+            self._audit_batch(batch, results, destination)
         for job_id in sorted({d.job_id for d in deliveries}):
             job = self._joblog.settle(job_id)
             if job.finished_at is not None:
@@ -176,6 +192,28 @@ class ResultSender:
                         seconds
                     )
         return True
+
+    def _audit_batch(
+        self, batch: list[DueDelivery], results: list[StoreResult], destination: str
+    ) -> None:
+        """One audit line per job and attempt: what was sent where, with which statuses."""
+        if self._audit is None:
+            return
+        by_job: dict[int, list[tuple[DueDelivery, StoreResult]]] = {}
+        for delivery, result in zip(batch, results, strict=True):
+            by_job.setdefault(delivery.job_id, []).append((delivery, result))
+        for job_id, pairs in by_job.items():
+            failed = [r for _, r in pairs if not r.delivered]
+            self._audit.delivery(
+                job_id=job_id,
+                study_uid=_study_uid(Path(pairs[0][0].path)),
+                destination=destination,
+                tls=self._tls is not None,
+                sop_uids=[d.sop_instance_uid for d, _ in pairs],
+                statuses=[r.status for _, r in pairs],
+                outcome="failed" if failed else "sent",
+                error=failed[0].error if failed else None,
+            )
 
     def _record(self, delivery: DueDelivery, result: StoreResult, destination: str) -> None:
         if result.delivered:
@@ -208,3 +246,13 @@ class ResultSender:
                 error,
             )
         self._joblog.failed(delivery.id, result.status, error, retry_at)
+
+
+def _study_uid(path: Path) -> str | None:
+    """The result's Study Instance UID for the audit trail (header only; None if unreadable)."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+    except (OSError, pydicom.errors.InvalidDicomError):
+        return None
+    value = dataset.get("StudyInstanceUID")
+    return str(value) if value else None

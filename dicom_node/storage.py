@@ -8,9 +8,13 @@ dataset cannot escape the data folder.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom.uid import UID
 
@@ -22,10 +26,17 @@ def is_safe_uid(value: object) -> bool:
 
 def atomic_write(path: Path, data: bytes | memoryview, fsync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_and_replace(path, lambda handle: handle.write(data), fsync)
+    if fsync:
+        _fsync_dir(path.parent)
+
+
+def _write_and_replace(path: Path, write: Callable[[BinaryIO], object], fsync: bool) -> None:
+    """Write a temporary file beside ``path`` with ``write``, then rename it over ``path``."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             if fsync:
                 os.fsync(handle.fileno())
@@ -33,8 +44,33 @@ def atomic_write(path: Path, data: bytes | memoryview, fsync: bool = True) -> No
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def adopt_file(source: Path, target: Path, fsync: bool = True) -> None:
+    """Move ``source`` to ``target`` atomically (rename; copy first across file systems)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     if fsync:
-        _fsync_dir(path.parent)
+        with source.open("rb+") as handle:
+            os.fsync(handle.fileno())
+    try:
+        os.replace(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        with source.open("rb") as src:
+            _write_and_replace(target, lambda out: shutil.copyfileobj(src, out, 1 << 20), fsync)
+        source.unlink(missing_ok=True)
+    if fsync:
+        _fsync_dir(target.parent)
+
+
+def remove_partial_files(root: Path) -> int:
+    """Delete ``.tmp-*.part`` files a crash left mid-write under ``root``; returns how many."""
+    removed = 0
+    for leftover in root.rglob(".tmp-*.part"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -17,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pydicom
@@ -29,6 +29,7 @@ from dicom_node.domain import OutputContext
 from dicom_node.errors import NotAnalysable, PipelineError
 from dicom_node.joblog import WorkQueue
 from dicom_node.joblog.records import ClaimedJob, ResultFile
+from dicom_node.logs import clean
 from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
 from dicom_node.storage import atomic_write
@@ -102,32 +103,45 @@ class Worker:
                 log.error("could not load the %s pipeline: %s", name, exc)
 
     def process(self, job: ClaimedJob) -> None:
-        """Run one claimed job to ``sending``/``done``, ``ignored`` or ``failed``; never raises."""
+        """Run one claimed job to ``sending``/``done``, ``ignored`` or ``failed``; never raises.
+
+        A failure's one-line reason names the step (and, from the pipelines, the instance and
+        attribute); values of the sources' patient and study modules are cut out of it.
+        """
         started = time.monotonic()
         study_uid = job.study_instance_uid
+        sources: list[Dataset] = []
+        step = "reading the sources"
         try:
             if job.pipeline is None or not job.sources:
                 raise PipelineError("the job was queued without a routed pipeline and instances")
             sources = [_read_source(Path(instance.path)) for instance in job.sources]
+            step = "loading the model"
             loaded = self._pipelines.get(job.pipeline)
+            step = "analysis"
             finding = loaded.pipeline.run(sources)
+            step = "building the outputs"
             context = OutputContext(result_version=job.version, software_version=__version__)
             datasets = loaded.build_outputs(finding, sources, context)
+            step = "writing the outputs"
             outputs = [self._write_output(study_uid, ds) for ds in datasets]
             summary = json.dumps(loaded.pipeline.summarise(finding), separators=(",", ":"))
             destination = str(self._settings.pacs) if self._settings.pacs else None
             info = loaded.pipeline.model_info
             self._joblog.processed(job.id, info.name, info.version, summary, outputs, destination)
         except NotAnalysable as exc:
-            log.info("job %d ignored: %s", job.id, exc)
-            self._joblog.ignore(job.id, _one_line(str(exc)))
+            reason = redact(str(exc), sources)
+            log.info("job %d ignored: %s", job.id, reason)
+            self._joblog.ignore(job.id, reason)
             return
         except PipelineError as exc:
-            self._fail(job, str(exc))
+            self._fail(job, redact(str(exc), sources))
             return
         except Exception as exc:
-            log.exception("job %d failed", job.id)
-            self._fail(job, f"{type(exc).__name__}: {exc}")
+            # The exception's text may quote attribute values: only its kind goes in the log.
+            reason = f"{step} failed ({type(exc).__name__})"
+            log.debug("job %d failed", job.id, exc_info=True)
+            self._fail(job, reason)
             return
         elapsed = time.monotonic() - started
         self._metrics.processing_seconds.labels(pipeline=job.pipeline).observe(elapsed)
@@ -143,7 +157,6 @@ class Worker:
         self._on_outputs()
 
     def _fail(self, job: ClaimedJob, error: str) -> None:
-        error = _one_line(error)
         log.warning("job %d failed: %s", job.id, error)
         self._joblog.fail(job.id, error)
 
@@ -153,6 +166,52 @@ class Worker:
         path = self._settings.outbox_dir / study_uid / f"{dataset.SOPInstanceUID}.dcm"
         atomic_write(path, buffer.getbuffer(), fsync=self._settings.fsync)
         return ResultFile(str(dataset.SOPInstanceUID), str(dataset.SOPClassUID), str(path))
+
+
+# Attributes of the Patient and General Study modules (and their usual companions) whose values
+# must never reach a job error or the log.
+PATIENT_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientComments",
+    "EthnicGroup",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "PerformingPhysicianName",
+    "OperatorsName",
+    "InstitutionAddress",
+    "StudyID",
+    "RequestingPhysician",
+)
+
+
+def redact(text: str, sources: Sequence[Dataset], limit: int = 500) -> str:
+    """``text`` on one line, bounded, with values of the sources' patient attributes cut out."""
+    values: set[str] = set()
+    for ds in sources:
+        for keyword in PATIENT_ATTRIBUTES:
+            try:
+                value = ds.get(keyword)
+            except Exception:
+                continue
+            if value is None:
+                continue
+            text_value = str(value).strip()
+            parts = text_value.split("^") if "Name" in keyword else []  # PN components
+            values.update(p.strip() for p in (text_value, *parts) if len(p.strip()) >= 3)
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "<redacted>")
+    return clean(_one_line(text, limit), limit + 20)
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -166,3 +225,7 @@ def _read_source(path: Path) -> Dataset:
         return pydicom.dcmread(path)
     except FileNotFoundError:
         raise PipelineError(f"source file missing from the inbox: {path.name}") from None
+    except Exception as exc:  # accepted at intake, so this is damage on disk
+        raise PipelineError(
+            f"instance {path.stem}: the stored file cannot be read ({type(exc).__name__})"
+        ) from None

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the demo and the tests use: Orthanc (the PACS) with its DICOMweb plugin,
-# DCMTK (third-party DICOM clients) and dicom3tools (dciodvfy, the IOD validator).  Installs only what is missing.
+# DCMTK (third-party DICOM clients), dicom3tools (dciodvfy, the IOD validator) and openssl.  Installs only what is missing.
 set -euo pipefail
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+# openssl makes the test certificates for DICOM TLS.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # DICOMweb lets a web viewer (OHIF) read the results from Orthanc.
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -16,6 +16,8 @@ DIRECTORY_MARKERS: dict[str, tuple[str, ...]] = {
     "shared_data": ("shared_data",),
     "model": ("tensorflow",),
     "integration": ("integration", "debian_tools", "tensorflow"),
+    # Real node subprocess over loopback; needs TensorFlow and pydicom-data, no Debian tools.
+    "fuzz": ("fuzz", "integration", "tensorflow"),
 }
 
 

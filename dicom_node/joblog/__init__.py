@@ -20,6 +20,7 @@ plain records of ``records`` (no ORM object leaves its session).
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -31,13 +32,21 @@ from dicom_node.joblog.queue import WorkQueue
 from dicom_node.joblog.reporting import AdminLog
 from dicom_node.joblog.schema import make_engine
 
+# A C-STORE waits at most this long for a locked job log, then is refused with 0xA700
+# (the sender retries later) instead of holding the association.
+INTAKE_BUSY_TIMEOUT_SECONDS = 2.0
+
 
 class JobLog:
-    """One engine, one object per role; built once per process and shared by threads."""
+    """One engine per use, one object per role; built once per process, shared by threads."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, intake_engine: Engine | None = None, path: Path | None = None
+    ) -> None:
         self.engine = engine
-        self.intake = IntakeLog(engine)
+        self.path = path
+        self._intake_engine = intake_engine
+        self.intake = IntakeLog(intake_engine or engine)
         self.assembly = AssemblyLog(engine)
         self.queue = WorkQueue(engine)
         self.deliveries = DeliveryLog(engine)
@@ -45,10 +54,27 @@ class JobLog:
 
     @classmethod
     def open(cls, path: Path) -> JobLog:
-        return cls(make_engine(path))
+        return cls(make_engine(path), make_engine(path, INTAKE_BUSY_TIMEOUT_SECONDS), path)
+
+    def writable(self, timeout_seconds: float = 0.5) -> bool:
+        """Whether a write could start now (False while another process holds a lock)."""
+        if self.path is None:
+            return True
+        try:
+            connection = sqlite3.connect(self.path, timeout=timeout_seconds)
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute("ROLLBACK")
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            return False
+        return True
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._intake_engine is not None:
+            self._intake_engine.dispose()
 
 
 __all__ = ["AdminLog", "AssemblyLog", "DeliveryLog", "IntakeLog", "JobLog", "WorkQueue"]

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, insert, select, update
 
+from dicom_node.errors import DicomStatus, InstanceRejected
 from dicom_node.joblog.records import INSTANCE_FIELDS, InstanceRecord, RecordOutcome
 from dicom_node.joblog.schema import Instance, Job, JobState, Rejection, Store, Study, utcnow
 
@@ -14,8 +15,10 @@ class IntakeLog(Store):
     def record_instance(self, record: InstanceRecord) -> RecordOutcome:
         """File one received instance; open a new job version if the last one has moved on.
 
-        A resent instance (same SOP Instance UID) replaces the stored file but does not
-        start a new analysis by itself.  This runs on every C-STORE, so it uses Core
+        A resent instance (same SOP Instance UID, same study) replaces the stored file but does
+        not start a new analysis by itself.  A SOP Instance UID already filed in another study
+        is refused: a UID names one instance, and taking it over would file one patient's
+        image (and result) under another.  This runs on every C-STORE, so it uses Core
         statements in one short transaction rather than the ORM's unit of work.
         """
         now = utcnow()
@@ -33,9 +36,17 @@ class IntakeLog(Store):
                 ).inserted_primary_key[0]  # type: ignore[index]
             else:
                 db.execute(update(Study).where(Study.id == study_id).values(last_received_at=now))
-            existing = db.scalar(
-                select(Instance.id).where(Instance.sop_instance_uid == record.sop_instance_uid)
-            )
+            found = db.execute(
+                select(Instance.id, Instance.study_id).where(
+                    Instance.sop_instance_uid == record.sop_instance_uid
+                )
+            ).first()
+            if found is not None and found.study_id != study_id:
+                raise InstanceRejected(
+                    DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                    "SOP Instance UID is already filed in another study",
+                )
+            existing = found.id if found is not None else None
             duplicate = existing is not None
             if existing is not None:
                 db.execute(

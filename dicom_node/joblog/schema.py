@@ -196,10 +196,13 @@ class Rejection(Base):
     quarantine_path: Mapped[str | None] = mapped_column(Text)
 
 
-def make_engine(path: Path) -> Engine:
-    """SQLite in WAL mode: readers (``jobs --follow``) never block the SCP's writes."""
+def make_engine(path: Path, busy_timeout_seconds: float = 30.0) -> Engine:
+    """SQLite in WAL mode: readers (``jobs --follow``) never block the SCP's writes.
+
+    ``busy_timeout_seconds`` bounds how long a write waits for a lock another process holds.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": busy_timeout_seconds})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -18,8 +18,11 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.charset import python_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM, REPORT_TITLE
@@ -206,3 +209,70 @@ def secondary_capture(
     else:
         sc.Laterality = ""
     return sc
+
+
+# Type 2 attributes of the Patient and General Study modules that highdicom copies from the
+# source: they must be present (empty is allowed), and anonymised sources often lack them.
+TYPE2_SOURCE_ATTRIBUTES: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def sources_for_outputs(sources: Sequence[Dataset]) -> list[Dataset]:
+    """The sources as highdicom can copy them into our outputs.
+
+    A source that lacks a Type 2 attribute, or holds a value highdicom refuses (a malformed
+    date or time, a sex other than M/F/O, an unknown character set), is replaced by a copy in
+    which that attribute is present and empty (the character set is dropped): the finding
+    belongs in the patient's study even when the source's demographics are broken.  The copy
+    shares the source's other elements (pixels included); the source is not changed.
+    """
+    completed = []
+    for source in sources:
+        unusable = [k for k in TYPE2_SOURCE_ATTRIBUTES if k not in source or not _usable(source, k)]
+        charset_ok = _usable(source, "SpecificCharacterSet")
+        if not unusable and charset_ok:
+            completed.append(source)
+            continue
+        # A new element dict (Dataset(source) would share the source's).
+        copy = Dataset({tag: source.get_item(tag) for tag in source.keys()})  # noqa: SIM118
+        copy.file_meta = source.file_meta
+        for keyword in unusable:
+            if keyword in copy:
+                del copy[keyword]  # the element object is the source's: replace, never edit
+            setattr(copy, keyword, None)
+        if not charset_ok:
+            del copy.SpecificCharacterSet
+        completed.append(copy)
+    return completed
+
+
+def _usable(source: Dataset, keyword: str) -> bool:
+    """Whether ``keyword``'s value survives highdicom's conversions (absent counts as usable)."""
+    try:
+        value = source.get(keyword)
+        if value in (None, ""):
+            return True
+        if keyword == "PatientSex":
+            return str(value) in {"M", "F", "O"}
+        if keyword == "SpecificCharacterSet":
+            names = [value] if isinstance(value, str) else list(value)
+            return all(str(n) in python_encoding or str(n) == "" for n in names)
+        vr = dictionary_VR(keyword)
+        if vr == "DA":
+            DA(str(value))
+        elif vr == "TM":
+            TM(str(value))
+        elif vr == "PN":
+            str(value).encode("utf-8")
+    except Exception:
+        return False
+    return True

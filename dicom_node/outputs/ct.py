@@ -63,6 +63,7 @@ from dicom_node.outputs.common import (
     now_local,
     secondary_capture,
     series_identity,
+    sources_for_outputs,
 )
 from dicom_node.outputs.seg import CONSOLIDATION_SEGMENT, GGO_SEGMENT, build_ct_seg
 from dicom_node.pixels import hu_image
@@ -79,7 +80,7 @@ Tracking = Callable[[str, str], hd.sr.TrackingIdentifier]
 def build_ct_outputs(
     finding: CtFinding, sources: Sequence[Dataset], context: OutputContext, model: ModelInfo
 ) -> list[Dataset]:
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources_for_outputs(sources)}
     missing = [uid for uid in finding.source_sop_instance_uids if uid not in by_uid]
     if missing:
         raise ValueError(f"finding refers to {len(missing)} instance(s) not among the sources")

@@ -38,6 +38,7 @@ from dicom_node.outputs.common import (
     now_local,
     secondary_capture,
     series_identity,
+    sources_for_outputs,
 )
 
 SC_MAX_SIDE = 1024  # the SC is for reading on screen; full detector size adds nothing
@@ -46,7 +47,7 @@ SC_MAX_SIDE = 1024  # the SC is for reading on screen; full detector size adds n
 def build_xray_outputs(
     finding: XrayFinding, sources: Sequence[Dataset], context: OutputContext, model: ModelInfo
 ) -> list[Dataset]:
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources_for_outputs(sources)}
     missing = [
         f.source_sop_instance_uid for f in finding.images if f.source_sop_instance_uid not in by_uid
     ]

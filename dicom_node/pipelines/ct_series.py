@@ -24,7 +24,7 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import CTImageStorage
 
-from dicom_node.errors import NotAnalysable, SeriesRejected
+from dicom_node.errors import NotAnalysable, PipelineError, SeriesRejected
 from dicom_node.pixels import hu_image
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,13 @@ def check_series(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], floa
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if any(keyword not in ds for ds in unique):
             raise SeriesRejected(f"{keyword} missing")
+    for ds in unique:  # every value the geometry below relies on, named when it is broken
+        _numbers(ds, "ImageOrientationPatient", 6)
+        _numbers(ds, "ImagePositionPatient", 3)
+        if min(_numbers(ds, "PixelSpacing", 2)) <= 0:
+            raise SeriesRejected(f"slice {_uid(ds)}: PixelSpacing is not positive")
+        _numbers(ds, "Rows", 1)
+        _numbers(ds, "Columns", 1)
 
     orientation = np.array([float(v) for v in first.ImageOrientationPatient])
     for ds in unique:
@@ -191,6 +198,24 @@ def check_series(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], floa
     return tuple(unique[i] for i in order), spacing
 
 
+def _uid(ds: Dataset) -> str:
+    value = str(ds.get("SOPInstanceUID", "") or "")
+    return value if len(value) <= 64 and value.replace(".", "").isdigit() else "?"
+
+
+def _numbers(ds: Dataset, keyword: str, count: int) -> list[float]:
+    """``count`` finite numbers from ``keyword``; else ``SeriesRejected`` naming the slice."""
+    try:
+        value = ds.get(keyword)
+        values = [value] if count == 1 else list(value)
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        numbers = []
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        raise SeriesRejected(f"slice {_uid(ds)}: {keyword} is not {count} finite number(s)")
+    return numbers
+
+
 def assemble(
     datasets: Sequence[Dataset], working_spacing_mm: float = WORKING_SPACING_MM
 ) -> CtVolume:
@@ -205,7 +230,12 @@ def assemble(
     rows, cols = int(first.Rows), int(first.Columns)
     hu = np.empty((len(datasets), -(-rows // step), -(-cols // step)), dtype=np.int16)
     for k, ds in enumerate(datasets):
-        hu[k] = hu_image(ds, step)
+        try:
+            hu[k] = hu_image(ds, step)
+        except Exception as exc:  # decoders raise many kinds; name the slice and the step
+            raise PipelineError(
+                f"slice {_uid(ds)}: pixel data cannot be decoded ({type(exc).__name__})"
+            ) from exc
     along = positions @ normal
     return CtVolume(
         hu=hu,

@@ -106,6 +106,9 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             except PreprocessingError as exc:
                 problems.append(f"{uid}: {exc}")
                 continue
+            except Exception as exc:  # decoders raise many kinds; name the image and the step
+                problems.append(f"{uid}: pixel data cannot be decoded ({type(exc).__name__})")
+                continue
             prepared.append(self._prepare(uid, display))
         for problem in problems:
             log.warning("x-ray image not analysed: %s", problem)

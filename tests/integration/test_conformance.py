@@ -54,3 +54,16 @@ def test_xray_outputs(xray_outputs: list[Dataset], index: int) -> None:
 @pytest.mark.parametrize("index", range(5), ids=["sr", "seg", "sc1", "sc2", "sc3"])
 def test_ct_outputs(ct_outputs: list[Dataset], index: int) -> None:
     assert dciodvfy_errors(ct_outputs[index]) == []
+
+
+def test_outputs_of_an_anonymised_source(tmp_path: Path) -> None:
+    """Type 2 attributes absent from the source are present and empty in the outputs."""
+    source = chest_cr(new_uids=True)
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
+        delattr(source, keyword)
+    del source.ReferringPhysicianName
+    outputs = build_xray_outputs(
+        synthetic_xray_finding(source), [source], OutputContext(), XRAY_MODEL
+    )
+    for ds in outputs:
+        assert dciodvfy_errors(ds) == []

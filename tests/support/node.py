@@ -17,8 +17,11 @@ from tests.support.net import wait_for_http
 
 
 class NodeProcess:
-    def __init__(self, data_dir: Path, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, data_dir: Path, env: Mapping[str, str], log_path: Path, cwd: Path | None = None
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
+        self.cwd = cwd
         self.env = {**os.environ, **env, "DICOM_NODE_DATA_DIR": str(self.data_dir)}
         self.http_port = int(self.env["DICOM_NODE_HTTP_PORT"])
         self.log_path = log_path
@@ -31,6 +34,7 @@ class NodeProcess:
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + timeout
         wait_for_http(f"http://127.0.0.1:{self.http_port}/healthz", timeout, ok=(200, 503))

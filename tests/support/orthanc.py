@@ -28,6 +28,17 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @dataclass(frozen=True)
+class OrthancTls:
+    """DICOM TLS for Orthanc (1.9+): its port speaks TLS only and it sends to the node over
+    TLS (``UseDicomTls`` on the node's ``DicomModalities`` entry)."""
+
+    certificate: Path
+    private_key: Path
+    trusted: Path  # CA certificates Orthanc accepts peers from (the node's issuer)
+    remote_certificate_required: bool = True
+
+
+@dataclass(frozen=True)
 class NodeTarget:
     """Where Orthanc sends studies: the node's AE title, host and port."""
 
@@ -46,6 +57,7 @@ class OrthancServer:
         ae_title: str = "ORTHANC",
         stable_age: int = 1,
         routing: bool = True,
+        tls: OrthancTls | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.http_port = http_port
@@ -54,6 +66,7 @@ class OrthancServer:
         self.ae_title = ae_title
         self.stable_age = stable_age
         self.routing = routing
+        self.tls = tls
         self.url = f"http://127.0.0.1:{http_port}"
         self.log_path = self.workdir / "orthanc.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -76,6 +89,17 @@ class OrthancServer:
         )
         node = config["DicomModalities"]["ainode"]
         node.update({"AET": self.node.ae_title, "Host": self.node.host, "Port": self.node.port})
+        if self.tls is not None:
+            config.update(
+                {
+                    "DicomTlsEnabled": True,
+                    "DicomTlsCertificate": str(self.tls.certificate),
+                    "DicomTlsPrivateKey": str(self.tls.private_key),
+                    "DicomTlsTrustedCertificates": str(self.tls.trusted),
+                    "DicomTlsRemoteCertificateRequired": self.tls.remote_certificate_required,
+                }
+            )
+            node["UseDicomTls"] = True
         return config
 
     def start(self, timeout: float = 30.0) -> None:

@@ -169,3 +169,31 @@ def test_unusable_series_are_rejected_with_a_reason(slices: list[Dataset], case:
     assert reason in message
     for part in (*str(PATIENT_NAME).split("^"), PATIENT_ID):
         assert part not in message
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("ImagePositionPatient", ["nan", "0", "0"]),
+        ("ImageOrientationPatient", [1, 0, 0, 0, 1]),
+        ("PixelSpacing", [0, 0]),
+    ],
+)
+def test_broken_geometry_is_refused_naming_the_slice_and_attribute(
+    slices: list[Dataset], keyword: str, value: object
+) -> None:
+    datasets = fresh(slices)
+    broken = datasets[7]
+    setattr(broken, keyword, value)
+    with pytest.raises(PipelineError) as refused:
+        check_series(datasets)
+    message = str(refused.value)
+    assert keyword in message and str(broken.SOPInstanceUID) in message
+
+
+def test_undecodable_pixels_name_the_slice(slices: list[Dataset]) -> None:
+    datasets = fresh(slices)
+    ordered, _ = check_series(datasets)
+    ordered[3].BitsAllocated = 12  # native data that no decoder can unpack
+    with pytest.raises(PipelineError, match=f"slice {ordered[3].SOPInstanceUID}: pixel data"):
+        assemble(ordered)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
@@ -16,60 +14,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicom_node.config import Settings
-from dicom_node.joblog import JobLog
-from dicom_node.joblog.records import RecordOutcome
-from dicom_node.metrics import Metrics
-from dicom_node.scp import Intake, start_scp
 from tests.support.factories import small_cr
-from tests.support.net import free_port
-
-
-@dataclasses.dataclass
-class RunningScp:
-    settings: Settings
-    joblog: JobLog
-    metrics: Metrics
-    armed: list[RecordOutcome]
-
-
-def _start(tmp_path: Path, **overrides: object) -> Iterator[RunningScp]:
-    values: dict[str, object] = {"fsync": False, "min_free_disk_mb": 0, **overrides}
-    settings = Settings(data_dir=tmp_path / "data", port=free_port(), **values)  # type: ignore[arg-type]
-    joblog = JobLog.open(settings.database_path)
-    metrics = Metrics()
-    armed: list[RecordOutcome] = []
-    server = start_scp(settings, Intake(settings, joblog.intake, metrics, armed.append))
-    try:
-        yield RunningScp(settings, joblog, metrics, armed)
-    finally:
-        server.shutdown()
+from tests.support.scp import RunningScp, echo, send, start_scp_in_process
 
 
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[RunningScp]:
-    yield from _start(tmp_path, allowed_aes=("MODALITY",))
-
-
-def send(scp: RunningScp, dataset: Dataset, calling_ae: str = "MODALITY") -> int:
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(dataset.SOPClassUID)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
-    assert assoc.is_established
-    status = assoc.send_c_store(dataset)
-    assoc.release()
-    return int(status.Status)
-
-
-def echo(scp: RunningScp) -> int:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(Verification)
-    assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
-    assert assoc.is_established
-    status = assoc.send_c_echo()
-    assoc.release()
-    return int(status.Status)
+    yield from start_scp_in_process(tmp_path, allowed_aes=("MODALITY",))
 
 
 def test_store_writes_the_bytes_and_records_the_instance(scp: RunningScp) -> None:
@@ -155,7 +106,7 @@ def test_bad_datasets_get_a_failure_status_a_log_entry_and_are_kept(
 
 
 def test_full_disk_is_refused_with_out_of_resources(tmp_path: Path) -> None:
-    for scp in _start(tmp_path, min_free_disk_mb=10**9):
+    for scp in start_scp_in_process(tmp_path, min_free_disk_mb=10**9):
         assert send(scp, small_cr()) == 0xA700
         [row] = scp.joblog.admin.job_rows()
         assert "free disk space" in (row.error or "")

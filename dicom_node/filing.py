@@ -1,0 +1,488 @@
+"""The C-STORE handler: check a received data set, file it durably, record it, answer.
+
+pynetdicom writes each received data set to a temporary file as it arrives (chunked
+receive: memory stays flat whatever the instance size); the handler reads only the header
+(large values are deferred, pixels are never decoded here), checks what filing and the
+pipelines rely on, moves the file into the inbox, records the instance in the job log, arms
+the study's quiet timer and answers.  Anything refused is recorded as ``rejected`` with its
+status and reason, and its bytes are kept in ``quarantine/`` unless the disk is the problem.
+Models run elsewhere (``worker``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import pydicom
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+from pydicom.uid import UID
+from pynetdicom import _config, dimse_messages, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_node.config import Settings
+from dicom_node.errors import DicomStatus, InstanceRejected
+from dicom_node.joblog import IntakeLog
+from dicom_node.joblog.records import InstanceRecord, RecordOutcome
+from dicom_node.logs import clean
+from dicom_node.metrics import Metrics
+from dicom_node.storage import adopt_file, free_disk_mb, inbox_path, is_safe_uid
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Values longer than this stay on disk while the header is read (Pixel Data above all).
+DEFER_BYTES = 64 * 1024
+_INVALID = DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+class InstanceAudit(Protocol):
+    """Where each C-STORE outcome is reported for the audit trail (``audit.AuditLog``)."""
+
+    def instance(
+        self, assoc: Any, study_uid: str | None, sop_uid: str | None, status: int
+    ) -> None: ...
+
+
+@dataclass
+class Intake:
+    """What the C-STORE handler needs, bound once at start."""
+
+    settings: Settings
+    joblog: IntakeLog
+    metrics: Metrics
+    on_instance: Callable[[RecordOutcome], None]
+    audit: InstanceAudit | None = None
+
+
+@dataclass
+class _Received:
+    """One C-STORE being handled: where its bytes are and what we learned so far."""
+
+    event: evt.Event
+    path: Path  # pynetdicom's temporary file until filed
+    calling_ae: str
+    sop_uid: str  # the request's Affected SOP Instance UID
+    sop_class: str
+    study_uid: str | None = None
+
+
+# Stands in for an empty UID in the temporary file's meta, so that the handler runs and refuses
+# the request with a status (pynetdicom would otherwise end the association's thread).
+_PLACEHOLDER_UID = "0.0"
+
+
+def receive_to_files() -> None:
+    """Make pynetdicom write each received data set to a temporary file as it arrives.
+
+    Memory then stays flat whatever the instance size.  pynetdicom 3.0 cannot write that
+    file's meta for a request with an empty Affected SOP Instance/Class UID and ends the
+    association's thread with an exception: the meta gets a placeholder instead, and the
+    handler refuses such a request (its checks read the request's own UIDs).
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    original: Any = getattr(dimse_messages, "create_file_meta")  # noqa: B009
+    if getattr(original, "_dicom_node", False):
+        return
+
+    def tolerant(**kwargs: Any) -> Any:
+        for key in ("sop_class_uid", "sop_instance_uid"):
+            kwargs[key] = kwargs.get(key) or UID(_PLACEHOLDER_UID)
+        return original(**kwargs)
+
+    tolerant._dicom_node = True  # type: ignore[attr-defined]
+    setattr(dimse_messages, "create_file_meta", tolerant)  # noqa: B010
+
+
+class NodeAssociation(Association):
+    """pynetdicom's association, answering a C-STORE request that lacks a required parameter.
+
+    pynetdicom drops such a request without a word (the sender waits for its DIMSE timeout)
+    and leaves its temporary file behind.  Here it gets a ``0xA900`` response, the file is
+    removed, and the refusal is recorded like any other.
+    """
+
+    def _serve_request(self, msg: Any, context_id: int) -> None:
+        if isinstance(msg, C_STORE) and not msg.is_valid_request and msg.MessageID is not None:
+            self._refuse_invalid_store(msg, context_id)
+            return
+        super()._serve_request(msg, context_id)
+
+    def _refuse_invalid_store(self, msg: C_STORE, context_id: int) -> None:
+        reason = "C-STORE request without an Affected SOP Instance UID or SOP Class UID"
+        leftover = getattr(msg, "_dataset_path", None)
+        if isinstance(leftover, Path):
+            leftover.unlink(missing_ok=True)
+        response = C_STORE()
+        response.MessageIDBeingRespondedTo = msg.MessageID
+        response.Status = int(_INVALID)
+        self.dimse.send_msg(response, context_id)
+        handler = self.get_handlers(evt.EVT_C_STORE)
+        intake = handler[1][0] if isinstance(handler, tuple) and handler[1] else None
+        calling_ae = clean(str(self.requestor.ae_title).strip(), 16)
+        log.warning("refused a request from %s: %s (status 0x%04X)", calling_ae, reason, _INVALID)
+        if isinstance(intake, Intake):
+            try:
+                intake.joblog.record_rejection(calling_ae, _INVALID, reason)
+            except SQLAlchemyError as exc:
+                log.error("could not record a refusal in the job log: %s", _kind(exc))
+            intake.metrics.rejected.labels(reason=_reason_label(_INVALID)).inc()
+            if intake.audit is not None:
+                intake.audit.instance(self, None, None, int(_INVALID))
+
+
+def handle_store(event: evt.Event, intake: Intake) -> int:
+    """File one C-STORE request; returns its status (pynetdicom sends it as the response).
+
+    Statuses:
+
+    * ``0x0000`` Success: the bytes are durable in the inbox (fsynced unless ``fsync`` is
+      off) and the instance is in the job log; a resent instance of the same study replaces
+      its file without starting another analysis.
+    * ``0xA700`` Out of Resources: free disk space is below ``min_free_disk_mb``; the instance
+      is larger than ``max_instance_mb`` or its pixels would decode to more than
+      ``max_decoded_mb``; writing failed; or the job log is unavailable (locked): the sender
+      may retry later.
+    * ``0xA900`` Data Set Does Not Match SOP Class: a UID that filing needs is missing or
+      invalid; the SOP Instance UID differs from the request's or is already filed in another
+      study (a UID names one instance of one study: a second study never takes it over);
+      group 0002 (File Meta) elements inside the data set; Pixel Data missing or empty; an
+      incomplete image pixel description.
+    * ``0xC000`` Cannot Understand: the header cannot be parsed (the step is named), native
+      Pixel Data is shorter than declared, or an unexpected error (the association goes on).
+
+    Never raises: an exception here would become pynetdicom's 0xC211 with nothing recorded.
+    """
+    received = _Received(
+        event=event,
+        path=Path(event.dataset_path),
+        calling_ae=_calling_ae(event),
+        sop_uid=str(getattr(event.request, "AffectedSOPInstanceUID", "") or ""),
+        sop_class=str(getattr(event.request, "AffectedSOPClassUID", "") or ""),
+    )
+    try:
+        _check_resources(received.path, intake.settings)
+        header = _read_header(received.path)
+        received.study_uid = _uid_or_none(header, "StudyInstanceUID")
+        record = _check(header, received, intake.settings)
+        outcome = _file(record, received, intake)
+    except InstanceRejected as rejection:
+        return _reject(received, intake, rejection)
+    except Exception:
+        # A bug must not end the association: refuse this instance, keep serving.
+        log.exception("unexpected error while storing an instance from %s", received.calling_ae)
+        return _reject(
+            received, intake, InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error")
+        )
+    intake.metrics.received.labels(modality=clean(record.modality or "unknown", 16)).inc()
+    log.info(
+        "stored %s instance %s of study %s from %s%s",
+        clean(record.modality),
+        record.sop_instance_uid,
+        record.study_instance_uid,
+        received.calling_ae,
+        " (duplicate, replaced)" if outcome.duplicate else "",
+    )
+    _audit(intake, received, DicomStatus.SUCCESS)
+    if outcome.gathering:
+        intake.on_instance(outcome)
+    return DicomStatus.SUCCESS
+
+
+def _check_resources(path: Path, settings: Settings) -> None:
+    free = free_disk_mb(settings.data_dir)
+    if free < settings.min_free_disk_mb:
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES,
+            f"free disk space {free:.0f} MB is below min_free_disk_mb={settings.min_free_disk_mb}",
+        )
+    size = path.stat().st_size
+    if size > settings.max_instance_mb * MIB:
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES,
+            f"instance of {size / MIB:.0f} MiB exceeds max_instance_mb={settings.max_instance_mb}",
+        )
+
+
+def _read_header(path: Path) -> Dataset:
+    """Parse everything but large values; a broken header is refused naming the step."""
+    try:
+        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        # pydicom parses lazily: convert every small element now, so a broken value is
+        # refused here rather than found later by the worker.  Large ones stay on disk.
+        _touch(dataset, depth=0)
+    except InstanceRejected:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on garbage
+        raise InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND, f"data set header cannot be parsed ({_kind(exc)})"
+        ) from None
+    return dataset
+
+
+MAX_SEQUENCE_DEPTH = 16
+# What pynetdicom writes as the received file's meta (``create_file_meta``); anything more was
+# sent inside the data set and would, read back, change what the worker sees.
+_OWN_FILE_META = frozenset(
+    Tag(0x0002, element) for element in (0x0000, 0x0001, 0x0002, 0x0003, 0x0010, 0x0012, 0x0013)
+)
+
+
+def _check_no_file_meta_in_data_set(header: Dataset, received: _Received) -> None:
+    meta = header.file_meta
+    negotiated = str(received.event.context.transfer_syntax)
+    # keys(), not the data set itself: iterating a Dataset would parse every value.
+    inside = any(tag.group == 0x0002 for tag in header.keys())  # noqa: SIM118
+    if (
+        inside
+        or not set(meta.keys()) <= _OWN_FILE_META
+        or str(meta.get("TransferSyntaxUID", "")) != negotiated
+        or str(meta.get("MediaStorageSOPInstanceUID", "")) != received.sop_uid
+    ):
+        raise InstanceRejected(_INVALID, "File Meta Information (group 0002) inside the data set")
+
+
+def _touch(dataset: Dataset, depth: int) -> None:
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
+        )
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag)
+        if isinstance(raw, RawDataElement) and raw.length > DEFER_BYTES:
+            continue
+        element = dataset[tag]
+        if element.VR == "SQ":
+            for item in element.value:
+                _touch(item, depth + 1)
+
+
+def _check(header: Dataset, received: _Received, settings: Settings) -> InstanceRecord:
+    """What filing, routing and the pipelines rely on; returns the instance's record."""
+    if not is_safe_uid(received.sop_uid):
+        raise InstanceRejected(
+            _INVALID, "the request's Affected SOP Instance UID is missing or not a valid UID"
+        )
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _uid_or_none(header, keyword)
+        if value is None:
+            problem = "missing" if keyword not in header else "not a valid UID"
+            raise InstanceRejected(_INVALID, f"{keyword} is {problem}")
+        uids[keyword] = value
+    if uids["SOPInstanceUID"] != received.sop_uid:
+        raise InstanceRejected(
+            _INVALID, "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID"
+        )
+    _check_no_file_meta_in_data_set(header, received)
+    transfer_syntax = UID(str(received.event.context.transfer_syntax))
+    _check_pixel_data(header, transfer_syntax, settings)
+    return InstanceRecord(
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=str(transfer_syntax),
+        modality=_text(header, "Modality", 16),
+        body_part=_text(header, "BodyPartExamined", 64),
+        image_type=_image_type(header),
+        description=_descriptions(header),
+        calling_ae=received.calling_ae,
+        path=str(
+            inbox_path(
+                settings.inbox_dir,
+                uids["StudyInstanceUID"],
+                uids["SeriesInstanceUID"],
+                uids["SOPInstanceUID"],
+            )
+        ),
+        size_bytes=received.path.stat().st_size,
+    )
+
+
+def _check_pixel_data(header: Dataset, transfer_syntax: UID, settings: Settings) -> None:
+    """Refuse image datasets without pixels, with fewer pixel bytes than declared, or whose
+    pixels would decode to more than ``max_decoded_mb`` (checked before anything decodes).
+
+    Compressed pixel data cannot be checked further without decoding; a broken stream there
+    shows up as a failed job naming the instance and the decode step.
+    """
+    if "PixelData" not in header:
+        raise InstanceRejected(_INVALID, "Pixel Data (7FE0,0010) is missing")
+    try:
+        rows, columns = int(header.Rows), int(header.Columns)
+        bits = int(header.BitsAllocated)
+        samples = int(header.get("SamplesPerPixel", 1) or 1)
+        frames = int(header.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+        raise InstanceRejected(
+            _INVALID, f"image pixel description incomplete ({_kind(exc)})"
+        ) from None
+    if min(rows, columns, bits, samples, frames) <= 0 or bits > 64:
+        raise InstanceRejected(
+            _INVALID,
+            f"image pixel description invalid: {rows}x{columns}, {bits} bits allocated, "
+            f"{samples} sample(s), {frames} frame(s)",
+        )
+    expected = (rows * columns * samples * frames * bits + 7) // 8
+    if expected > settings.max_decoded_mb * MIB:
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES,
+            f"pixels would decode to {expected / MIB:.0f} MiB, more than "
+            f"max_decoded_mb={settings.max_decoded_mb}",
+        )
+    length = _pixel_data_length(header)
+    if length == 0:
+        raise InstanceRejected(_INVALID, "Pixel Data (7FE0,0010) is empty")
+    if transfer_syntax.is_compressed or length is None:
+        return
+    if length < expected:
+        raise InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND,
+            f"Pixel Data truncated: {length} bytes, {expected} expected "
+            f"for {frames} frame(s) of {rows}x{columns}",
+        )
+
+
+def _pixel_data_length(header: Dataset) -> int | None:
+    """Bytes of Pixel Data without reading them; None for undefined length (encapsulated)."""
+    element = header.get_item("PixelData")
+    if isinstance(element, RawDataElement):  # deferred: only its length was read
+        return None if element.length == 0xFFFFFFFF else int(element.length)
+    value = header.PixelData
+    return len(value) if value else 0
+
+
+def _file(record: InstanceRecord, received: _Received, intake: Intake) -> RecordOutcome:
+    """Move the bytes into the inbox (durably), then record them; undo the move on failure."""
+    target = Path(record.path)
+    created = not target.exists()
+    try:
+        adopt_file(received.path, target, fsync=intake.settings.fsync)
+    except OSError as exc:
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES, f"writing to the inbox failed ({_kind(exc)})"
+        ) from None
+    try:
+        return intake.joblog.record_instance(record)
+    except (InstanceRejected, SQLAlchemyError) as exc:
+        if created:  # put the bytes back, so the refusal can quarantine them
+            adopt_file(target, received.path, fsync=False)
+        if isinstance(exc, InstanceRejected):
+            raise
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES, f"the job log is unavailable ({_kind(exc)})"
+        ) from None
+
+
+def _reject(received: _Received, intake: Intake, rejection: InstanceRejected) -> int:
+    """Log and record a refusal; keep the bytes in quarantine unless the disk is the problem.
+
+    Everything here is defensive: the refusal path must work for any data set.
+    """
+    quarantine = None
+    status = rejection.status
+    if status != DicomStatus.OUT_OF_RESOURCES and received.path.exists():
+        # Unique names: refusals of the same (or no) UID must not overwrite each other.
+        name = received.sop_uid if is_safe_uid(received.sop_uid) else "unnamed"
+        path = intake.settings.quarantine_dir / f"{name}-{uuid.uuid4().hex[:12]}.dcm"
+        try:
+            adopt_file(received.path, path, fsync=intake.settings.fsync)
+            quarantine = str(path)
+        except OSError as exc:
+            log.error("could not quarantine a refused instance: %s", _kind(exc))
+    sop_uid = received.sop_uid if is_safe_uid(received.sop_uid) else None
+    try:
+        intake.joblog.record_rejection(
+            calling_ae=received.calling_ae,
+            status=status,
+            reason=rejection.reason,
+            study_instance_uid=received.study_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=received.sop_class if is_safe_uid(received.sop_class) else None,
+            quarantine_path=quarantine,
+        )
+    except SQLAlchemyError as exc:
+        log.error("could not record a refusal in the job log: %s", _kind(exc))
+    intake.metrics.rejected.labels(reason=_reason_label(status)).inc()
+    log.warning(
+        "refused instance %s from %s: %s (status 0x%04X)",
+        sop_uid or clean(received.sop_uid) or "?",
+        received.calling_ae,
+        rejection.reason,
+        status,
+    )
+    _audit(intake, received, status)
+    return int(status)
+
+
+def _audit(intake: Intake, received: _Received, status: int) -> None:
+    if intake.audit is None:
+        return
+    try:
+        sop_uid = received.sop_uid if is_safe_uid(received.sop_uid) else None
+        intake.audit.instance(received.event.assoc, received.study_uid, sop_uid, status)
+    except Exception:
+        log.exception("writing the audit trail failed")
+
+
+def _uid_or_none(header: Dataset, keyword: str) -> str | None:
+    try:
+        value = header.get(keyword)
+    except Exception:
+        return None
+    return str(value) if is_safe_uid(value) else None
+
+
+def _text(header: Dataset, keyword: str, limit: int) -> str | None:
+    """A short code string as recorded (routing reads it); control characters removed."""
+    try:
+        value = header.get(keyword)
+    except Exception:
+        return None
+    text = "".join(ch for ch in str(value) if ch.isprintable()).strip() if value else ""
+    return text[:limit] or None
+
+
+def _image_type(header: Dataset) -> str | None:
+    try:
+        values = header.get("ImageType", []) or []
+        items = [values] if isinstance(values, str) else list(values)  # CS, VM 2-n
+        joined = "\\".join(str(v) for v in items)
+    except Exception:
+        return None
+    return "".join(ch for ch in joined if ch.isprintable())[:128] or None
+
+
+def _descriptions(header: Dataset) -> str | None:
+    """Study/series/protocol descriptions, used by routing when Body Part is absent."""
+    parts = [
+        _text(header, k, 256) for k in ("StudyDescription", "SeriesDescription", "ProtocolName")
+    ]
+    joined = " | ".join(p for p in parts if p)
+    return joined[:256] or None
+
+
+def _reason_label(status: int) -> str:
+    return {
+        DicomStatus.OUT_OF_RESOURCES: "out_of_resources",
+        DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS: "invalid_dataset",
+        DicomStatus.CANNOT_UNDERSTAND: "cannot_understand",
+    }.get(DicomStatus(status), "other")
+
+
+def _calling_ae(event: evt.Event) -> str:
+    return clean(str(event.assoc.requestor.ae_title).strip(), 16)
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's class only: its message may quote attribute values (patient data)."""
+    return type(exc).__name__
