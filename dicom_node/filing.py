@@ -73,6 +73,7 @@ class _Received:
     sop_uid: str  # the request's Affected SOP Instance UID
     sop_class: str
     study_uid: str | None = None
+    size_bytes: int = 0
 
 
 # Stands in for an empty UID in the temporary file's meta, so that the handler runs and refuses
@@ -169,7 +170,7 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
         sop_class=str(getattr(event.request, "AffectedSOPClassUID", "") or ""),
     )
     try:
-        _check_resources(received.path, intake.settings)
+        received.size_bytes = _check_resources(received.path, intake.settings)
         header = _read_header(received.path)
         received.study_uid = _uid_or_none(header, "StudyInstanceUID")
         record = _check(header, received, intake.settings)
@@ -197,7 +198,8 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     return DicomStatus.SUCCESS
 
 
-def _check_resources(path: Path, settings: Settings) -> None:
+def _check_resources(path: Path, settings: Settings) -> int:
+    """Disk and size guards; returns the instance's size in bytes."""
     free = free_disk_mb(settings.data_dir)
     if free < settings.min_free_disk_mb:
         raise InstanceRejected(
@@ -210,6 +212,7 @@ def _check_resources(path: Path, settings: Settings) -> None:
             DicomStatus.OUT_OF_RESOURCES,
             f"instance of {size / MIB:.0f} MiB exceeds max_instance_mb={settings.max_instance_mb}",
         )
+    return size
 
 
 def _read_header(path: Path) -> Dataset:
@@ -304,7 +307,7 @@ def _check(header: Dataset, received: _Received, settings: Settings) -> Instance
                 uids["SOPInstanceUID"],
             )
         ),
-        size_bytes=received.path.stat().st_size,
+        size_bytes=received.size_bytes,
     )
 
 

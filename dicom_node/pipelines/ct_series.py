@@ -143,22 +143,23 @@ def check_series(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], floa
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         if any(keyword not in ds for ds in unique):
             raise SeriesRejected(f"{keyword} missing")
-    for ds in unique:  # every value the geometry below relies on, named when it is broken
-        _numbers(ds, "ImageOrientationPatient", 6)
-        _numbers(ds, "ImagePositionPatient", 3)
-        if min(_numbers(ds, "PixelSpacing", 2)) <= 0:
-            raise SeriesRejected(f"slice {_uid(ds)}: PixelSpacing is not positive")
-        _numbers(ds, "Rows", 1)
-        _numbers(ds, "Columns", 1)
-
-    orientation = np.array([float(v) for v in first.ImageOrientationPatient])
+    # Every value the geometry below relies on, parsed once and named when it is broken.
+    orientations, positions_list, spacings, sizes = [], [], [], []
     for ds in unique:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], orientation, atol=1e-3):
-            raise SeriesRejected("slices have different orientations")
-        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
-            raise SeriesRejected("slices have different sizes")
-        if not np.allclose([float(v) for v in ds.PixelSpacing], first.PixelSpacing, rtol=1e-3):
-            raise SeriesRejected("slices have different pixel spacings")
+        orientations.append(_numbers(ds, "ImageOrientationPatient", 6))
+        positions_list.append(_numbers(ds, "ImagePositionPatient", 3))
+        spacings.append(_numbers(ds, "PixelSpacing", 2))
+        if min(spacings[-1]) <= 0:
+            raise SeriesRejected(f"slice {_uid(ds)}: PixelSpacing is not positive")
+        sizes.append((_numbers(ds, "Rows", 1)[0], _numbers(ds, "Columns", 1)[0]))
+
+    orientation = np.array(orientations[0])
+    if not np.allclose(orientations, orientation, atol=1e-3):
+        raise SeriesRejected("slices have different orientations")
+    if len(set(sizes)) > 1:
+        raise SeriesRejected("slices have different sizes")
+    if not np.allclose(spacings, spacings[0], rtol=1e-3):
+        raise SeriesRejected("slices have different pixel spacings")
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
     if abs(normal[2]) < AXIAL_MIN_COS:
@@ -166,7 +167,7 @@ def check_series(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], floa
         angle = np.degrees(np.arccos(min(1.0, abs(normal[2]))))
         raise SeriesRejected(f"not axial ({plane}-like, {angle:.0f} degrees from axial)")
 
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in unique])
+    positions = np.array(positions_list)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     along = along[order]
