@@ -5,14 +5,22 @@ guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else 
 (give ``--pipeline ct`` for PNG/JPEG CT slices).
 
 - ``xray``: one radiograph per file (a directory: its frontal radiographs as one study, labelled
-  by the most confident image); probabilities for ``covid``, ``normal``, ``pneumonia_bac``.
+  by the most confident image); probabilities for ``covid``, ``normal``, ``pneumonia_bac``,
+  and, in source-image pixels (x = column, y = row): ``region``, the hot-region polygon
+  ``[[x, y], ...]`` (on the lung fields), ``lung_box`` ``[x0, y0, x1, y1]`` (x1, y1 exclusive),
+  ``heat_in_lungs`` (share of the heatmap on the lungs) and ``triage_suspicion`` (the label
+  rule chose a class that is not the most probable one).  An image that is no frontal chest
+  radiograph the model can read (no plausible lung fields, unlike the training images, a
+  lateral view, a CT) gives ``{"not_analysable": "<reason>", "label": null, ...}``: an
+  answer, not an error.
 - ``ct``: a PNG/JPEG slice or a single CT DICOM slice -> the slice classifier's
   ``covid_probability``; a directory (a series) -> the CT pipeline
   (:mod:`dicom_node.pipelines.ct`).
 
 Output: one line per input (``--json``: one JSON object per line; failures are objects with an
 ``error`` key).  Errors are also written to ``err``; the exit code is 1 when any input failed,
-and the other inputs are still classified.
+and the other inputs are still classified.  A not-analysable image is no failure: its text line
+is ``<path>: not analysable: <reason> [xray]``.
 """
 
 from __future__ import annotations
@@ -27,7 +35,13 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from dicom_node.errors import ClassifyError, ModelStoreError, PipelineError, PreprocessingError
+from dicom_node.errors import (
+    ClassifyError,
+    ModelStoreError,
+    NotAnalysable,
+    PipelineError,
+    PreprocessingError,
+)
 from dicom_node.preprocessing import LoadedImage, read_image
 from dicom_node.registry import PipelineRegistry
 
@@ -76,23 +90,46 @@ def _guess_pipeline(path: Path, image: LoadedImage | None) -> str:
 
 
 def _write_heatmap(heatmap_dir: Path, path: Path, finding: Any) -> Path:
+    from PIL import Image
+
     from dicom_node.outputs import render
 
     heatmap_dir.mkdir(parents=True, exist_ok=True)
-    rgb = render.blend_heatmap(finding.display_image, finding.heatmap)
-    rgb = render.draw_outline(rgb, finding.hot_region)
+    rgb = render.heatmap_picture(
+        finding.display_image, finding.heatmap, finding.hot_region, finding.lung_outline, 1024
+    )
     target = heatmap_dir / f"{path.stem}_heatmap.png"
-    from PIL import Image
-
-    Image.fromarray(render.fit_within(rgb, 1024)).save(target)
+    Image.fromarray(rgb).save(target)
     return target
 
 
+def _model_record(model: Any) -> dict[str, Any]:
+    return {"name": model.name, "version": model.version}
+
+
 def _xray_record(finding: Any, model: Any) -> dict[str, Any]:
+    lung_box = finding.lung_box
     return {
         "label": finding.label,
         "probabilities": {k: round(float(v), 4) for k, v in finding.probabilities.items()},
-        "model": {"name": model.name, "version": model.version},
+        "triage_suspicion": bool(finding.triage_suspicion),
+        "region": [[round(float(x), 1), round(float(y), 1)] for x, y in finding.hot_region],
+        # (row0, row1, col0, col1) -> [x0, y0, x1, y1], as image tools expect boxes.
+        "lung_box": None
+        if lung_box is None
+        else [lung_box[2], lung_box[0], lung_box[3], lung_box[1]],
+        "heat_in_lungs": None if finding.heat_in_lungs is None else round(finding.heat_in_lungs, 4),
+        "model": _model_record(model),
+    }
+
+
+def _not_analysable_record(reason: str, model: Any) -> dict[str, Any]:
+    """No probabilities at all: a number for an image the model cannot read would mislead."""
+    return {
+        "not_analysable": reason,
+        "label": None,
+        "probabilities": None,
+        "model": _model_record(model),
     }
 
 
@@ -115,15 +152,18 @@ class _Runner:
         return cast("CtSliceClassifier", self.ct().classifier)
 
     def xray_files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        from dicom_node.domain import XrayImageFinding
+
         pipeline = self.xray()
         images = [job.image for job in jobs if job.image is not None]
-        prepared = pipeline.prepare_images(images)
-        finding = pipeline.postprocess(pipeline.predict(prepared), prepared)
         results = []
-        for job, image_finding in zip(jobs, finding.images, strict=True):
-            record = _xray_record(image_finding, pipeline.model_info)
+        for job, outcome in zip(jobs, pipeline.analyse_images(images), strict=True):
+            if not isinstance(outcome, XrayImageFinding):
+                results.append(_not_analysable_record(outcome.reason, pipeline.model_info))
+                continue
+            record = _xray_record(outcome, pipeline.model_info)
             if self.heatmap_dir is not None:
-                record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, image_finding))
+                record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, outcome))
             results.append(record)
         return results
 
@@ -132,7 +172,10 @@ class _Runner:
 
         pipeline = self.xray()
         datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
-        finding = pipeline.run(datasets)
+        try:
+            finding = pipeline.run(datasets)
+        except NotAnalysable as exc:
+            return _not_analysable_record(str(exc), pipeline.model_info)
         best = most_confident(finding, pipeline.decision_weights)
         record = _xray_record(best, pipeline.model_info)
         record["images"] = pipeline.summarise(finding)["images"]
@@ -252,7 +295,14 @@ def run_classify(
 
 
 def _text_line(result: dict[str, Any]) -> str:
+    if "not_analysable" in result:
+        return (
+            f"{result['path']}: not analysable: {result['not_analysable']} [{result['pipeline']}]"
+        )
     probs = result.get("probabilities") or {}
     detail = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
     extra = f" heatmap {result['heatmap']}" if "heatmap" in result else ""
-    return f"{result['path']}: {result.get('label', '?')} ({detail}) [{result['pipeline']}]{extra}"
+    label = result.get("label", "?")
+    if result.get("triage_suspicion"):
+        label = f"{label} suspected (triage threshold)"
+    return f"{result['path']}: {label} ({detail}) [{result['pipeline']}]{extra}"

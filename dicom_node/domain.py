@@ -45,14 +45,29 @@ class OutputContext:
 XRAY_CLASSES: tuple[str, ...] = ("covid", "normal", "pneumonia_bac")
 
 
+Box = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open, source pixels
+
+
 @dataclass(frozen=True)
 class XrayImageFinding:
     """The classifier's result for one radiograph.
 
-    ``heatmap`` is the Grad-CAM map in [0, 1] with the source image's shape (Rows, Columns).
-    ``hot_region`` is a closed polygon around its hottest area, as (column, row) pixel
-    coordinates of the source image (first point repeated last), ready for an SR SCOORD.
-    ``display_image`` is the image as a viewer shows it (VOI applied, MONOCHROME2, uint8).
+    ``heatmap`` is the Grad-CAM map in [0, 1] with the source image's shape (Rows, Columns):
+    the map over the model input stretched back into ``crop_box``, zero elsewhere.
+    ``hot_region`` is a closed polygon around its hottest area on the lung fields, as
+    (column, row) pixel coordinates of the source image (first point repeated last), ready
+    for an SR SCOORD.  ``display_image`` is the image as a viewer shows it (VOI applied,
+    MONOCHROME2, uint8).
+
+    Models that look at the lung fields also give ``lung_mask`` (bool, source shape), its
+    outline (closed (column, row) polygons, one per lung field), ``lung_box`` (the mask's
+    bounding box), ``crop_box`` (what the model saw: the lung box and a margin) and
+    ``heat_in_lungs`` (share of the heatmap on the lung mask, in [0, 1]); whole-image models
+    leave them None (``crop_box`` None means the whole image).
+
+    ``triage_suspicion``: the label rule (argmax of probability x weight, fitted for COVID-19
+    sensitivity) chose COVID-19 although it is not the most probable class, so the label is a
+    suspicion at a triage threshold rather than the model's best guess.
     """
 
     source_sop_instance_uid: str
@@ -61,13 +76,34 @@ class XrayImageFinding:
     heatmap: np.ndarray
     hot_region: np.ndarray
     display_image: np.ndarray
+    lung_mask: np.ndarray | None = None
+    lung_outline: tuple[np.ndarray, ...] = ()
+    lung_box: Box | None = None
+    crop_box: Box | None = None
+    heat_in_lungs: float | None = None
+    triage_suspicion: bool = False
+
+    @property
+    def top_class(self) -> str:
+        """The most probable class (the label unless ``triage_suspicion``)."""
+        return max(self.probabilities, key=lambda key: self.probabilities[key])
+
+
+@dataclass(frozen=True)
+class NotAnalysedImage:
+    """A radiograph of the study that was not analysed, and why (no patient data)."""
+
+    source_sop_instance_uid: str
+    reason: str
 
 
 @dataclass(frozen=True)
 class XrayFinding:
-    """One finding per radiograph of the study; the study's label is the most confident one."""
+    """One finding per analysed radiograph of the study (the study's label is the most
+    confident one), and the study's images that were not analysed."""
 
     images: tuple[XrayImageFinding, ...]
+    not_analysed: tuple[NotAnalysedImage, ...] = ()
 
 
 # -- chest CT -------------------------------------------------------------------------------------

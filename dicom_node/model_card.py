@@ -59,6 +59,31 @@ class CtInputSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LungCropSpec:
+    """X-ray models that see the lung fields (``dicom_node.preprocessing.lung_crop_input``)."""
+
+    segmentation_model: str = "lung_segmentation"  # the artefact that finds the lung fields
+    segmentation_version: str | None = None  # None: the newest shipped version
+    margin: float = 0.08  # the lung box grows by this fraction on each side
+    fade: tuple[float, float] | None = (0.03, 0.08)  # black from this far off the lungs
+
+
+@dataclass(frozen=True, kw_only=True)
+class OodSpec:
+    """Out-of-distribution check: distance of an image's pooled features to the training set.
+
+    ``file`` (in the artefact, checksummed) holds ``mean`` (d,), ``components`` (d, k) and
+    ``scale`` (k,): the distance is the norm of ``((features - mean) @ components) / scale``
+    (a Mahalanobis distance in the training features' principal subspace).
+    """
+
+    file: str = "ood.npz"
+    layer: str  # the feature map that is average-pooled into the features
+    threshold: float  # distances above it are "not analysable"
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class OperatingPoint:
     """The validation sensitivity the label rule was fitted to reach for one class."""
 
@@ -179,6 +204,8 @@ class ModelCard:
     targets: tuple[Target, ...] | None = None
     plots: tuple[str, ...] | None = None
     ct: CtInputSpec | None = None  # CT models only
+    lung_crop: LungCropSpec | None = None  # X-ray models that see the lung fields only
+    ood: OodSpec | None = None  # models with a feature-space out-of-distribution check
 
     def __post_init__(self) -> None:
         if len(self.decision.weights) != len(self.classes):

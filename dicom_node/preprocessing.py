@@ -38,6 +38,8 @@ LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
 # chest is; the margins often hold frames, labels and collimation that should not set the scale.
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.0)
 DEFAULT_CENTRAL_MARGIN = 0.1
+# Resizes by more than this factor start with an integer box reduction (see resize_square).
+REDUCING_GAP = 3.0
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,28 @@ def robust_stretch(
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize to ``size x size`` ignoring aspect ratio (antialiased bilinear, float32)."""
+    """Resize to ``size x size`` ignoring aspect ratio (antialiased bilinear, float32).
+
+    An image more than ``REDUCING_GAP`` times larger than the target is first box-reduced by
+    an integer factor (PIL's ``reducing_gap``): four times faster on a detector-size radiograph,
+    and the same result for the data set's images (at most 512 px, at most 4x a 128 px input,
+    which gives the integer factor 1: no reduction).
+    """
     if image.shape == (size, size):
         return image.astype(np.float32, copy=False)
     resized = Image.fromarray(image.astype(np.float32, copy=False), mode="F").resize(
-        (size, size), Image.Resampling.BILINEAR
+        (size, size), Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP
     )
     return np.asarray(resized, dtype=np.float32)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A boolean mask resized to ``size x size``: 8-bit bilinear after a box reduction
+    (``reducing_gap``), 8x cheaper than a float resize of a detector-size crop."""
+    image = Image.fromarray(np.asarray(mask, np.uint8) * 255).resize(
+        (size, size), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
+    return np.asarray(image) >= 128
 
 
 def to_model_input(
@@ -245,3 +262,105 @@ def body_bounding_box(hu: np.ndarray, threshold_hu: float = -500.0) -> tuple[int
         return (0, rows, 0, cols)
     found = ndimage.find_objects((labels == largest).astype(np.int32))[0]
     return (found[0].start, found[0].stop, found[1].start, found[1].stop)
+
+
+# -- the X-ray classifier's input: the lung fields -------------------------------------------
+
+# The crop box grows by this fraction of the lung box on each side: the apices, the
+# costophrenic angles and the pleura stay in view even when the segmentation is a little tight.
+LUNG_CROP_MARGIN = 0.08
+# Outside the lung mask the input fades to black between these distances from the mask (in
+# fractions of the input size): markers, tubes, text and collimation outside the lungs are the
+# source-specific cues a classifier learns instead of the disease.
+LUNG_FADE_START = 0.03
+LUNG_FADE_END = 0.08
+
+
+@dataclass(frozen=True)
+class LungCrop:
+    """The classifier's input and where it came from in the source image.
+
+    ``model_input`` has two channels: the image in [0, 1], and the lung mask scaled to mean 1
+    (:func:`lung_weights`), with which the model pools its features over the lungs only.
+    """
+
+    model_input: np.ndarray  # (size, size, 2) float32
+    box: tuple[int, int, int, int]  # the crop: (row0, row1, col0, col1), half-open, source pixels
+
+
+def lung_weights(mask: np.ndarray) -> np.ndarray:
+    """The lung mask as pooling weights with mean 1: averaging them over any partition of the
+    image (the model's feature cells) keeps the mean 1, so a weighted average pool is
+    ``mean(features * weights)`` with no division in the model."""
+    area = float(mask.mean())
+    if area <= 0.0:
+        return np.ones(mask.shape, np.float32)
+    return np.asarray(mask, np.float32) / np.float32(area)
+
+
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1), half-open, of a boolean mask's True pixels; None if empty."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+
+
+def lung_crop_box(
+    lung_box: tuple[int, int, int, int], shape: tuple[int, int], margin: float = LUNG_CROP_MARGIN
+) -> tuple[int, int, int, int]:
+    """The lung box grown by ``margin`` of its height/width on each side, inside the image."""
+    r0, r1, c0, c1 = lung_box
+    dr, dc = round((r1 - r0) * margin), round((c1 - c0) * margin)
+    rows, cols = shape
+    return (max(0, r0 - dr), min(rows, r1 + dr), max(0, c0 - dc), min(cols, c1 + dc))
+
+
+def lung_fade(mask: np.ndarray, start: float, end: float) -> np.ndarray:
+    """Weights in [0, 1]: 1 on and near the mask, falling linearly to 0 from ``start`` to
+    ``end`` (fractions of the image's larger side) away from it."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return np.ones(mask.shape, np.float32)
+    distance = ndimage.distance_transform_edt(~mask) / float(max(mask.shape))
+    return np.asarray(np.clip((end - distance) / (end - start), 0.0, 1.0), dtype=np.float32)
+
+
+def lung_crop_input(
+    display: np.ndarray,
+    lung_mask: np.ndarray,
+    size: int,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    margin: float = LUNG_CROP_MARGIN,
+    fade: tuple[float, float] | None = (LUNG_FADE_START, LUNG_FADE_END),
+) -> LungCrop:
+    """Display image + lung mask (same shape) -> the X-ray classifier's input.
+
+    The lung fields' box (with ``margin``) is squashed to ``size x size``, stretched between the
+    ``percentiles`` of the pixels inside the lungs (so exposure outside them does not set the
+    scale), and faded to black away from the lungs (``fade``; None keeps the whole crop).  The
+    second channel carries the lung mask (:func:`lung_weights`).
+    """
+    if display.ndim != 2 or display.shape != lung_mask.shape:
+        raise PreprocessingError(
+            f"display {display.shape} and lung mask {lung_mask.shape} must be one 2-D shape"
+        )
+    lung_box = mask_box(lung_mask)
+    if lung_box is None:
+        raise PreprocessingError("no lung fields to crop to")
+    box = lung_crop_box(lung_box, (int(display.shape[0]), int(display.shape[1])), margin)
+    r0, r1, c0, c1 = box
+    image = resize_square(display[r0:r1, c0:c1], size)
+    mask = resize_mask(lung_mask[r0:r1, c0:c1], size)
+    inside = image[mask] if mask.any() else image.ravel()
+    lo, hi = np.percentile(inside, percentiles)
+    if hi - lo < 1e-4:
+        stretched = np.zeros_like(image)
+    else:
+        stretched = np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+    if fade is not None:
+        stretched = stretched * lung_fade(mask, *fade)
+    model_input = np.stack([np.asarray(stretched, np.float32), lung_weights(mask)], axis=-1)
+    return LungCrop(model_input=model_input, box=box)

@@ -4,7 +4,8 @@ The registry is the one place that knows both sides: a pipeline turns sources in
 its output builder turns the finding into DICOM objects, and neither imports the other (both
 depend only on :mod:`dicom_node.domain`).  Builtins are data, ``"module:attribute"`` pairs
 imported on first use; tests pass ``factories`` instead.  The registry is the only model cache:
-``XrayPipeline.load`` and ``CtSliceClassifier.load`` load afresh on every call.
+``XrayPipeline.load`` (the classifier and, for models that look at the lung fields, the lung
+segmentation named by its card) and ``CtSliceClassifier.load`` load afresh on every call.
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ class Record:
     split: str
     width: int
     height: int
+    age: int | None = None  # years, where the source gives it
+    view: str = ""
 
     @property
     def family(self) -> str:
@@ -53,6 +55,8 @@ def read_manifest(data_dir: Path) -> list[Record]:
                 split=row["split"],
                 width=int(row["width"]),
                 height=int(row["height"]),
+                age=int(row["age"]) if row.get("age") else None,
+                view=row.get("view", ""),
             )
             for row in csv.DictReader(handle)
         ]

@@ -12,6 +12,10 @@ _RAMP_POSITIONS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 _RAMP_COLOURS = np.array(
     [[48, 18, 59], [40, 188, 235], [164, 252, 60], [251, 128, 34], [122, 4, 3]], dtype=np.float32
 )
+# Outline colours: fully saturated, so a blend of grey and the ramp (at most half opaque) can
+# never produce them; they stay recognisable (and testable) on any radiograph.
+HOT_REGION_COLOUR = (255, 255, 0)  # yellow
+LUNG_OUTLINE_COLOUR = (0, 255, 255)  # cyan
 
 
 def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
@@ -58,13 +62,34 @@ def tint_mask(
 
 
 def draw_outline(
-    rgb: np.ndarray, points_xy: np.ndarray, colour: tuple[int, int, int] = (255, 255, 0)
+    rgb: np.ndarray, points_xy: np.ndarray, colour: tuple[int, int, int] = HOT_REGION_COLOUR
 ) -> np.ndarray:
     """Draw a polygon given as (column, row) points."""
     image = Image.fromarray(rgb)
     width = max(2, round(max(rgb.shape[:2]) / 400))
     ImageDraw.Draw(image).line([tuple(map(float, p)) for p in points_xy], fill=colour, width=width)
     return np.asarray(image)
+
+
+def heatmap_picture(
+    gray: np.ndarray,
+    heat: np.ndarray,
+    hot_region: np.ndarray,
+    lung_outline: Sequence[np.ndarray] = (),
+    max_side: int = 1024,
+) -> np.ndarray:
+    """A radiograph (uint8) with its heatmap blended in, the lung fields outlined in cyan and
+    the hot region in yellow (drawn last: it lies on the lungs), at most ``max_side`` pixels.
+
+    Polygons are (column, row) points of the full-size image; they are scaled with it.
+    """
+    rows, cols = gray.shape
+    small = fit_within(gray, max_side)
+    scale = np.array([small.shape[1] / cols, small.shape[0] / rows])
+    rgb = blend_heatmap(small, fit_within(heat.astype(np.float32), max_side))
+    for polygon in lung_outline:
+        rgb = draw_outline(rgb, np.asarray(polygon) * scale, LUNG_OUTLINE_COLOUR)
+    return draw_outline(rgb, np.asarray(hot_region) * scale, HOT_REGION_COLOUR)
 
 
 def burn_in_text(

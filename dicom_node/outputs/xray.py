@@ -1,10 +1,16 @@
 """X-ray outputs: one TID 1500 Comprehensive 3D SR per study and one Secondary Capture per image.
 
 The SR holds, per radiograph, a planar ROI measurement group whose image region is a closed
-POLYLINE around the Grad-CAM hot spot (OHIF draws SR groups only when they have a region),
-the predicted finding as a coded qualitative evaluation, and each class probability as a
-numeric measurement.  The SC is the radiograph with the heatmap blended in and the result
-and a research notice burned in, for people looking at images rather than reports.
+POLYLINE around the Grad-CAM hot spot on the lung fields (OHIF draws SR groups only when they
+have a region), the predicted finding as the group's Finding, and each class probability as a
+numeric measurement.  The SC is the radiograph with the heatmap blended in, the lung fields
+and the hot region outlined, and the result and a research notice burned in, for people
+looking at images rather than reports.
+
+A label the triage rule chose although it is not the most probable class
+(``triage_suspicion``) is said to be a suspicion everywhere: the SC caption and the SR's
+tracking identifier say "suspected (triage threshold ...)", and the SR group carries the
+qualitative evaluation Certainty of Finding (DCM 111012) = Suspected (SCT 415684004).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
+from pydicom.sr.codedict import codes
 
 from dicom_node import RESEARCH_NOTICE
 from dicom_node.domain import ModelInfo, OutputContext, XrayFinding, XrayImageFinding
@@ -42,6 +49,20 @@ from dicom_node.outputs.common import (
 )
 
 SC_MAX_SIDE = 1024  # the SC is for reading on screen; full detector size adds nothing
+CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # (111012, DCM)
+SUSPECTED = codes.SCT.Suspected  # (415684004, SCT)
+
+
+def label_text(image: XrayImageFinding) -> str:
+    """The label as people should read it: a triage-threshold label says it is a suspicion."""
+    name = CLASS_DISPLAY_NAME[image.label]
+    if not image.triage_suspicion:
+        return name
+    top = image.top_class
+    return (
+        f"{name} suspected (triage threshold; p={image.probabilities[image.label]:.2f}, "
+        f"top: {CLASS_DISPLAY_NAME[top]} {image.probabilities[top]:.2f})"
+    )
 
 
 def build_xray_outputs(
@@ -108,10 +129,16 @@ def _measurement_group(
         )
         for key in model.classes or tuple(image.probabilities)
     ]
+    # The finding stays the class's code; a triage label is qualified, not recoded.
+    certainty = (
+        [hd.sr.QualitativeEvaluation(name=CERTAINTY_OF_FINDING, value=SUSPECTED)]
+        if image.triage_suspicion
+        else None
+    )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid("tracking", model.name, model.version, image.source_sop_instance_uid),
-            identifier=f"{CLASS_DISPLAY_NAME[image.label]} (AI, unverified)",
+            identifier=f"{label_text(image)} (AI, unverified)",
         ),
         referenced_region=region,
         # The predicted class is the group's Finding (TID 1410 row "Finding").
@@ -119,6 +146,7 @@ def _measurement_group(
         finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
         algorithm_id=algorithm,
         measurements=measurements,
+        qualitative_evaluations=certainty,
     )
 
 
@@ -156,16 +184,22 @@ def build_xray_sc(
 
 
 def render_heatmap_image(image: XrayImageFinding, model: ModelInfo) -> np.ndarray:
-    """The radiograph, heatmap blended in, hot region outlined, result and notice burned in."""
-    gray = image.display_image
-    scale = min(1.0, SC_MAX_SIDE / max(gray.shape))
-    gray = render.fit_within(gray, SC_MAX_SIDE)
-    heat = render.fit_within(image.heatmap.astype(np.float32), SC_MAX_SIDE)
-    rgb = render.blend_heatmap(gray, heat)
-    rgb = render.draw_outline(rgb, _closed_polygon(image.hot_region) * scale)
+    """The radiograph, heatmap blended in, lung fields and hot region outlined, result and
+    notice burned in."""
+    rgb = render.heatmap_picture(
+        image.display_image,
+        image.heatmap,
+        _closed_polygon(image.hot_region),
+        image.lung_outline,
+        SC_MAX_SIDE,
+    )
     ranked = sorted(image.probabilities.items(), key=lambda item: -item[1])
-    top = [f"AI: {CLASS_DISPLAY_NAME[image.label]}"] + [
+    top = [f"AI: {label_text(image)}"] + [
         f"  {CLASS_DISPLAY_NAME[key]}: {value:.2f}" for key, value in ranked
     ]
+    if image.heat_in_lungs is not None:
+        top.append(f"  heat on the lungs: {100 * image.heat_in_lungs:.0f}%")
     bottom = [RESEARCH_NOTICE, f"{model.name} {model.version} - Grad-CAM, unverified"]
+    if image.lung_outline:
+        bottom.append("outlines: lung fields cyan, hot region yellow")
     return render.burn_in_text(rgb, top, bottom)

@@ -7,8 +7,10 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicom_node.classify import run_classify
@@ -27,6 +29,15 @@ def _classify(
     lines = out.getvalue().splitlines()
     parsed = [json.loads(line) for line in lines] if as_json else []
     return code, parsed, out.getvalue(), err.getvalue()
+
+
+def _aspect(path: str) -> float:
+    """Width / height of an input image, in source pixels."""
+    if path.endswith(".dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return int(ds.Columns) / int(ds.Rows)
+    width, height = Image.open(path).size
+    return width / height
 
 
 def _first(shared_data: Path, modality: str, label: str, split: str = "val") -> Path:
@@ -57,7 +68,15 @@ def test_mixed_inputs_with_failures(shared_data: Path, tmp_path: Path) -> None:
             k: v * w for (k, v), w in zip(good["probabilities"].items(), weights, strict=True)
         }
         assert good["label"] == max(scores, key=scores.__getitem__)
-        assert Path(good["heatmap"]).is_file()
+        top = max(good["probabilities"], key=good["probabilities"].__getitem__)
+        assert good["triage_suspicion"] == (good["label"] != top)
+        assert 0.0 <= good["heat_in_lungs"] <= 1.0
+        x0, y0, x1, y1 = good["lung_box"]
+        width, height = Image.open(good["heatmap"]).size  # the heatmap keeps the aspect ratio
+        assert 0 <= x0 < x1 and 0 <= y0 < y1
+        region = np.array(good["region"])  # its geometry: tests/model/test_xray_lungs.py
+        assert region.shape[1] == 2 and (region[0] == region[-1]).all()
+        assert abs(width / height - _aspect(good["path"])) < 0.01
     assert "neither a DICOM nor a PNG/JPEG" in results[1]["error"]
     assert "no such file" in results[3]["error"]
     assert str(text) in err and str(missing) in err and str(png) not in err

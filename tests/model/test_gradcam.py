@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from dicom_node.errors import GradCamError
-from dicom_node.gradcam import GradCam, hot_region, resample, select_gradcam_layer
+from dicom_node.gradcam import (
+    GradCam,
+    hot_region,
+    mass_inside,
+    resample,
+    resample_into,
+    select_gradcam_layer,
+)
 
 
 def _blob_model(size: int = 32) -> keras.Model:
@@ -97,3 +104,55 @@ def test_empty_cam_outlines_the_whole_image() -> None:
     polygon = hot_region(np.zeros((7, 7), np.float32), 100, 80)
     np.testing.assert_array_equal(polygon[0], polygon[-1])
     assert polygon[:, 0].max() == 79 and polygon[:, 1].max() == 99
+
+
+def test_pooled_features_are_the_layer_mean_from_the_same_pass() -> None:
+    size = 16
+    image = np.zeros((2, size, size, 1), np.float32)
+    image[0, :4, :4] = 1.0  # mean brightness 1/16
+    image[1] = 0.5
+    cam = GradCam(_blob_model(size), layer_name="features")
+    result = cam(image)
+    assert cam.feature_channels == 1
+    assert result.features.shape == (2, 1)
+    np.testing.assert_allclose(result.features[:, 0], [1 / 16, 0.5], rtol=1e-5)
+
+
+def test_cam_over_a_crop_box_is_zero_outside_it() -> None:
+    cam = np.zeros((4, 4), np.float32)
+    cam[1:3, 1:3] = 1.0
+    box = (20, 60, 10, 90)  # rows 20..60, columns 10..90 of a 100 x 120 image
+    heat = resample_into(cam, (100, 120), box)
+    assert heat.shape == (100, 120)
+    assert not heat[:20].any() and not heat[60:].any()
+    assert not heat[:, :10].any() and not heat[:, 90:].any()
+    peak_row, peak_col = np.unravel_index(np.argmax(heat), heat.shape)
+    assert 30 <= peak_row <= 50 and 30 <= peak_col <= 70
+    polygon = hot_region(cam, 100, 120, box=box)
+    xs, ys = polygon[:, 0], polygon[:, 1]
+    assert xs.min() >= 10 and xs.max() <= 89 and ys.min() >= 20 and ys.max() <= 59
+
+
+def test_hot_region_restricted_to_a_mask_lies_on_it() -> None:
+    from matplotlib.path import Path as PolygonPath
+
+    cam = np.zeros((8, 8), np.float32)
+    cam[2:6, 1:7] = 1.0
+    cam[3:5, 3:5] = 2.0  # the peak sits between the "lungs"
+    cam /= cam.max()
+    rows, cols = 160, 160
+    mask = np.zeros((rows, cols), bool)
+    mask[30:130, 10:60] = True  # left field
+    mask[30:130, 100:150] = True  # right field
+    polygon = hot_region(cam, rows, cols, mask=mask)
+    yy, xx = np.mgrid[0:rows:2, 0:cols:2]
+    inside = PolygonPath(polygon).contains_points(np.column_stack([xx.ravel(), yy.ravel()]))
+    inside = inside.reshape(yy.shape)
+    assert inside.any() and mask[::2, ::2][inside].mean() > 0.9
+    unmasked = hot_region(cam, rows, cols)
+    assert 60 < unmasked[:, 0].mean() < 100  # without the mask: the gap between them
+    heat = resample_into(cam, (rows, cols))
+    share = mass_inside(heat, mask)
+    assert 0.0 < share < 1.0
+    assert share == pytest.approx(heat[mask].sum() / heat.sum())
+    assert mass_inside(np.zeros((4, 4), np.float32), np.ones((4, 4), bool)) == 0.0

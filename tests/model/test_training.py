@@ -66,9 +66,11 @@ def _check_run(directory: Path, classes: list[str]) -> dict:
     return card
 
 
-def test_tiny_xray_training_run_is_loaded_by_the_node(shared_data: Path, tmp_path: Path) -> None:
+def test_tiny_compact_xray_training_run_is_loaded_by_the_node(
+    shared_data: Path, tmp_path: Path
+) -> None:
     from dicom_node.pipelines.xray import XrayPipeline
-    from training.train_xray import main
+    from training.train_xray_compact import main
 
     out = tmp_path / "xray_classifier" / "0.0.1"
     assert main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY]) == 0
@@ -91,7 +93,7 @@ def test_tiny_ct_training_run_is_loaded_by_the_slice_classifier(
     from training.train_ct import main
 
     out = tmp_path / "ct_slice_classifier" / "0.0.1"
-    xray = find_artefact("xray_classifier").weights_path
+    xray = find_artefact("xray_classifier", version="1.0.0").weights_path  # the compact CNN
     extra = ["--ensemble", "2", "--init-from", str(xray), "--augment", "light"]
     assert (
         main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY, *extra])

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import Dataset
 
-from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.domain import ModelInfo, OutputContext, XrayFinding
 from dicom_node.outputs.readers import read_xray_report
-from dicom_node.outputs.xray import build_xray_outputs
+from dicom_node.outputs.render import HOT_REGION_COLOUR, LUNG_OUTLINE_COLOUR
+from dicom_node.outputs.xray import (
+    CERTAINTY_OF_FINDING,
+    SUSPECTED,
+    build_xray_outputs,
+    label_text,
+)
 from tests.support.factories import chest_cr, synthetic_xray_finding
 
 MODEL = ModelInfo("xray_test", "9.9.9", ("covid", "normal", "pneumonia_bac"))
@@ -79,3 +88,63 @@ def test_finding_for_a_foreign_instance_is_refused(source: Dataset) -> None:
     stranger = chest_cr(new_uids=True)
     with pytest.raises(ValueError, match="not among the sources"):
         build_xray_outputs(synthetic_xray_finding(stranger), [source], OutputContext(), MODEL)
+
+
+def _with_lungs(source: Dataset, **changes: object) -> XrayFinding:
+    """The synthetic finding with two rectangular lung fields (and any other changes)."""
+    [image] = synthetic_xray_finding(source).images
+    rows, cols = image.heatmap.shape
+    mask = np.zeros((rows, cols), bool)
+    outlines = []
+    for c0, c1 in ((cols * 0.15, cols * 0.45), (cols * 0.55, cols * 0.85)):
+        r0, r1 = rows * 0.2, rows * 0.75
+        mask[int(r0) : int(r1), int(c0) : int(c1)] = True
+        outlines.append(np.array([[c0, r0], [c1, r0], [c1, r1], [c0, r1], [c0, r0]]))
+    lungs = replace(
+        image,
+        lung_mask=mask,
+        lung_outline=tuple(outlines),
+        lung_box=(int(rows * 0.2), int(rows * 0.75), int(cols * 0.15), int(cols * 0.85)),
+        heat_in_lungs=0.7,
+    )
+    return XrayFinding((replace(lungs, **changes),))  # type: ignore[arg-type]
+
+
+def test_sc_outlines_the_lung_fields_in_their_own_colour(source: Dataset) -> None:
+    plain = build_xray_outputs(synthetic_xray_finding(source), [source], OutputContext(), MODEL)
+    lungs = build_xray_outputs(_with_lungs(source), [source], OutputContext(), MODEL)
+    for outputs, expected in ((plain, False), (lungs, True)):
+        pixels = outputs[1].pixel_array.reshape(-1, 3)
+        cyan = (pixels == np.array(LUNG_OUTLINE_COLOUR)).all(axis=1).sum()
+        yellow = (pixels == np.array(HOT_REGION_COLOUR)).all(axis=1).sum()
+        assert (cyan > 500) == expected and yellow > 100
+
+
+def test_a_triage_label_is_called_a_suspicion(source: Dataset) -> None:
+    # COVID-19 chosen by the triage weights although Normal is more probable.
+    probabilities = {"covid": 0.31, "normal": 0.62, "pneumonia_bac": 0.07}
+    finding = _with_lungs(source, probabilities=probabilities, triage_suspicion=True)
+    [image] = finding.images
+    assert label_text(image) == "COVID-19 suspected (triage threshold; p=0.31, top: Normal 0.62)"
+    sr, _ = build_xray_outputs(finding, [source], OutputContext(), MODEL)
+    [read] = read_xray_report(sr)
+    assert read.label == "covid"  # the finding's code is the class's, unchanged
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    [group] = report.content.get_planar_roi_measurement_groups()
+    assert "suspected (triage threshold" in str(group.tracking_identifier)
+    [certainty] = group.get_qualitative_evaluations(name=CERTAINTY_OF_FINDING)
+    assert certainty.value == SUSPECTED
+    confident = build_xray_outputs(_with_lungs(source), [source], OutputContext(), MODEL)[0]
+    report = hd.sr.Comprehensive3DSR.from_dataset(confident)
+    [group] = report.content.get_planar_roi_measurement_groups()
+    assert "suspected" not in str(group.tracking_identifier)
+    assert not group.get_qualitative_evaluations(name=CERTAINTY_OF_FINDING)
+
+
+def test_sr_region_is_the_hot_region(source: Dataset) -> None:
+    finding = _with_lungs(source)
+    sr, _ = build_xray_outputs(finding, [source], OutputContext(), MODEL)
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    [group] = report.content.get_planar_roi_measurement_groups()
+    points = np.asarray(group.roi.value).reshape(-1, 2)
+    np.testing.assert_allclose(points, finding.images[0].hot_region, atol=1e-3)

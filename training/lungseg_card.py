@@ -1,0 +1,69 @@
+"""``model_card.json``/``.md`` of the lung segmentation model (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dicom_node.model_card import ModelCard
+from training import card as card_io
+
+
+def write_card(card: ModelCard, out: Path) -> None:
+    data = card_io._clean(card.to_json())
+    (out / "model_card.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / "model_card.md").write_text(card_markdown(ModelCard.from_json(data)))
+
+
+def card_markdown(card: ModelCard) -> str:
+    metrics = card.metrics or {}
+    arch = card.architecture
+    lines = [
+        f"# {card.title} ({card.name} {card.version})",
+        "",
+        f"Created {card.created}. Research use only.",
+        "",
+        f"**Intended use.** {card.intended_use}",
+        "",
+        "## Model",
+        "",
+        f"- {arch.backbone if arch else ''}; head: {arch.head if arch else ''}; "
+        f"{arch.parameters if arch else 0:,} parameters",
+        f"- Weights: {arch.weights_provenance if arch else ''}",
+        f"- Input: {card.input.size}x{card.input.size} grey, {card.input.description}",
+        f"- Decision: {card.decision.rule} (fitted on {card.decision.fitted_on})",
+        "",
+        "## Dice at source pixels (post-processed mask vs lungVAE mask)",
+        "",
+        "| split | n | mean | median | min |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for split in ("val", "test"):
+        d = metrics[split]["dice"]
+        lines.append(f"| {split} | {d['n']} | {d['mean']} | {d['median']} | {d['min']} |")
+    rules = metrics["problem_rules"]
+    lines += ["", "## Problem rules", "", "Limits (`dicom_node.lung_fields`):", ""]
+    lines += [f"- `{k}` = {v}" for k, v in rules["limits"].items()]
+    lines += [
+        "",
+        "Measured (train/val radiographs per source; negatives):",
+        "",
+        "| group | n | passed | two regions | area (two regions) | min confidence | problems |",
+        "|---|---:|---:|---:|---|---:|---|",
+    ]
+    for name, m in rules["measured"].items():
+        lo, hi = m["area_fraction_two_components_min_max"]
+        lines.append(
+            f"| {name} | {m['n']} | {m['passed']} | {m['two_components']} | {lo}-{hi} | "
+            f"{m['confidence_min']} | {'; '.join(m['problems'])} |"
+        )
+    training = metrics["training"]
+    lines += ["", "## Training", ""]
+    lines += [f"- {k}: {v}" for k, v in training.items() if k != "val_dice_per_epoch"]
+    if card.data is not None:
+        lines += ["", "## Data", ""]
+        lines += [f"- {k}: {v}" for k, v in card.data.used_per_split.items()]
+        lines.append(f"- manifest sha256 {card.data.manifest_sha256}")
+    lines += ["", "## Limitations", ""]
+    lines += [f"- {item}" for item in card.limitations or ()]
+    return "\n".join(lines) + "\n"
