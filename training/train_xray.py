@@ -35,7 +35,7 @@ import numpy as np
 
 from dicom_node.domain import XRAY_CLASSES
 from training.data import DEFAULT_DATA_DIR, Record, read_manifest
-from training.evaluate import decide, evaluate, fit_temperature
+from training.evaluate import decide, evaluate, fit_temperature, softmax
 from training.xray_head import (
     Head,
     covid_vs_normal_auc,
@@ -46,7 +46,6 @@ from training.xray_head import (
     ood_statistics,
     rates_by_source,
     shortcut_probe,
-    softmax,
 )
 from training.xray_prep import (
     CACHE_DIR,

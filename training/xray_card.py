@@ -32,6 +32,7 @@ from dicom_node.preprocessing import (
     LUNG_FADE_END,
     LUNG_FADE_START,
 )
+from training import card as card_io
 from training import plots
 from training.data import manifest_sha256, split_counts
 from training.xray_prep import FEATURE_LAYER, INPUT_SIZE
@@ -334,18 +335,6 @@ def _card_metrics(metrics: dict[str, Any], heat: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_artefact(
     opts: Options,
     data: Dataset,
@@ -368,7 +357,7 @@ def write_artefact(
     _write_predictions(out, data, results, fitted)
     plot_files = _plots(out, data, results)
     card = _card(opts, data, sel, fitted, model, results, threshold, duration, plot_files)
-    payload = _clean(card.to_json())
+    payload = card_io._clean(card.to_json())
     (out / "model_card.json").write_text(json.dumps(payload, indent=2) + "\n")
     write_markdown(ModelCard.from_json(payload), out / "model_card.md")
     (out / "NOTICE").write_text(

@@ -57,20 +57,6 @@ def fit_head(
     return Head(kernel=coef.astype(np.float32), bias=bias.astype(np.float32))
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
-    return out
-
-
-@dataclass(frozen=True)
-class SourceFold:
-    held_out: str
-    index: np.ndarray  # rows of the evaluated set that belong to the held-out source
-    logits: np.ndarray
-
-
 def leave_one_source_out(
     features: np.ndarray,
     y: np.ndarray,
@@ -93,7 +79,7 @@ def leave_one_source_out(
     extra_fam = np.asarray(extra_families)
     for family in sorted(set(fam.tolist())):
         fit_rows = train_rows & (fam != family)
-        head = _fit_views(features, y, fam, classes, c, source_balance, fit_rows)
+        head = fit_views(features, y, fam.tolist(), classes, c, source_balance, fit_rows)
         held = fam == family
         out[held] = head.logits(features[held, 0])
         if extra_out is not None and extra_features is not None:
@@ -101,27 +87,6 @@ def leave_one_source_out(
             if sel.any():
                 extra_out[sel] = head.logits(extra_features[sel])
     return out, extra_out
-
-
-def _fit_views(
-    features: np.ndarray,
-    y: np.ndarray,
-    families: np.ndarray,
-    classes: Sequence[str],
-    c: float,
-    source_balance: float,
-    rows: np.ndarray,
-) -> Head:
-    views = features.shape[1]
-    x = features[rows].reshape(-1, features.shape[-1])
-    return fit_head(
-        x,
-        np.repeat(y[rows], views),
-        np.repeat(families[rows], views).tolist(),
-        classes,
-        c,
-        source_balance,
-    )
 
 
 def fit_views(
@@ -133,8 +98,16 @@ def fit_views(
     source_balance: float,
     rows: np.ndarray,
 ) -> Head:
-    """A head fitted on every view of ``rows``."""
-    return _fit_views(features, y, np.asarray(families), classes, c, source_balance, rows)
+    """A head fitted on every view of ``rows`` (features (n, views, d))."""
+    views = features.shape[1]
+    return fit_head(
+        features[rows].reshape(-1, features.shape[-1]),
+        np.repeat(y[rows], views),
+        np.repeat(np.asarray(families)[rows], views).tolist(),
+        classes,
+        c,
+        source_balance,
+    )
 
 
 def covid_vs_normal_auc(probs: np.ndarray, y: np.ndarray, classes: Sequence[str]) -> float:
