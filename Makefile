@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,train,dev
 
-.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-compact train-ct clean
+.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-compact ct-pictures clean
 
 install: $(VENV)/.installed
 
@@ -51,8 +51,8 @@ train-xray: install
 train-xray-compact: install
 	$(PY) -m training.train_xray_compact --out models/xray_classifier/1.0.0
 
-train-ct: install
-	$(PY) -m training.train_ct --input-size 128 --epochs 40 --ensemble 5 --out models/ct_slice_classifier/1.0.0
+ct-pictures: install
+	$(PY) scripts/ct_pictures.py ../shared/data/ct_volumes/Lung-PET-CT-Dx_A0001_5mm_kernelB docs/ct-a0001
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

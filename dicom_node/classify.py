@@ -13,9 +13,10 @@ guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else 
   radiograph the model can read (no plausible lung fields, unlike the training images, a
   lateral view, a CT) gives ``{"not_analysable": "<reason>", "label": null, ...}``: an
   answer, not an error.
-- ``ct``: a PNG/JPEG slice or a single CT DICOM slice -> the slice classifier's
-  ``covid_probability``; a directory (a series) -> the CT pipeline
-  (:mod:`dicom_node.pipelines.ct`).
+- ``ct``: a directory (a series) -> the CT pipeline (:mod:`dicom_node.pipelines.ct`): the
+  RSNA category (``label``, ``ct_category``), ``features``, ``reasons`` and the measurements.
+  A single slice (PNG/JPEG or one DICOM file) is not analysable: the assessment is made on the
+  volume.  The CT path imports no TensorFlow.
 
 Output: one line per input (``--json``: one JSON object per line; failures are objects with an
 ``error`` key).  Errors are also written to ``err``; the exit code is 1 when any input failed,
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
@@ -47,7 +47,6 @@ from dicom_node.registry import PipelineRegistry
 
 if TYPE_CHECKING:
     from dicom_node.pipelines.ct import CtPipeline
-    from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
     from dicom_node.pipelines.xray import XrayPipeline
 
 PIPELINES = ("xray", "ct")
@@ -147,10 +146,6 @@ class _Runner:
     def ct(self) -> CtPipeline:
         return cast("CtPipeline", self.registry.get("ct").pipeline)
 
-    def slices(self) -> CtSliceClassifier:
-        """The CT pipeline's slice classifier (one model in memory for both uses)."""
-        return cast("CtSliceClassifier", self.ct().classifier)
-
     def xray_files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
         from dicom_node.domain import XrayImageFinding
 
@@ -184,31 +179,19 @@ class _Runner:
         return record
 
     def ct_slice(self, job: _Job) -> dict[str, Any]:
-        from pydicom.pixels.processing import apply_modality_lut
-
-        classifier = self.slices()
-        image = job.image
-        assert image is not None
-        if image.dataset is not None:
-            modality = str(image.dataset.get("Modality", "")).upper()
-            if modality != "CT":
-                raise ClassifyError(f"not a CT image (Modality {modality or 'missing'})")
-            hu = apply_modality_lut(image.dataset.pixel_array, image.dataset)
-            p = float(classifier.predict_hu_slices(np.asarray(hu)[np.newaxis])[0])
-        else:
-            p = float(classifier.predict_images([image.display])[0])
-        info = classifier.model_info
-        return {
-            "label": "covid" if p >= classifier.threshold else "noncovid",
-            "probabilities": {"covid": round(p, 4), "noncovid": round(1.0 - p, 4)},
-            "covid_probability": round(p, 4),
-            "model": {"name": info.name, "version": info.version},
-        }
+        pipeline = self.ct()
+        return _not_analysable_record(
+            "a single CT slice: the CT assessment needs the whole axial series (a directory)",
+            pipeline.model_info,
+        )
 
     def ct_series(self, job: _Job) -> dict[str, Any]:
         pipeline = self.ct()
         datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
-        finding = pipeline.run(datasets)
+        try:
+            finding = pipeline.run(datasets)
+        except NotAnalysable as exc:
+            return _not_analysable_record(str(exc), pipeline.model_info)
         info = pipeline.model_info
         return {
             **pipeline.summarise(finding),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -110,8 +111,9 @@ class XrayFinding:
 
 # Lung label map values (working grid).
 BACKGROUND, RIGHT_LUNG, LEFT_LUNG = 0, 1, 2
-# Lesion label map values (working grid).
-NO_LESION, GGO, CONSOLIDATION = 0, 1, 2
+# Lesion label map values (working grid).  FOCAL: a compact solid lesion (nodule or mass),
+# reported on its own and not counted as GGO/consolidation involvement.
+NO_LESION, GGO, CONSOLIDATION, FOCAL = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -172,13 +174,68 @@ class Quantification:
         return sum(region.score for region in self.regions)
 
 
+class CtCategory(StrEnum):
+    """RSNA consensus categories for COVID-19 pneumonia on CT (Simpson et al., Radiology:
+    Cardiothoracic Imaging 2020), derived here from the 3-D quantification."""
+
+    TYPICAL = "typical"
+    INDETERMINATE = "indeterminate"
+    ATYPICAL = "atypical"
+    NEGATIVE = "negative"
+
+
+@dataclass(frozen=True)
+class FocalLesion:
+    """A compact solid lesion (nodule or mass): volume, largest in-plane diameter, lung."""
+
+    volume_ml: float
+    diameter_mm: float
+    lung: int
+    centre_slice: int
+
+
+@dataclass(frozen=True)
+class CtFeatures:
+    """The pattern behind the category, measured on GGO/consolidation (focal lesions apart).
+
+    Shares are percent of the lesion volume: ``peripheral`` in the outer third of the lung
+    (by distance to the pleura), ``lower`` in the lower half of the lung volume.
+    ``peripheral_expected_percent`` is the lung's own volume share in that outer third, the
+    value a lesion spread evenly would have.
+    """
+
+    involvement_percent: float
+    right_involvement_percent: float
+    left_involvement_percent: float
+    bilateral: bool
+    peripheral_share_percent: float
+    peripheral_expected_percent: float
+    lower_zone_share_percent: float
+    ggo_share_percent: float
+    consolidation_share_percent: float
+    foci: int
+    focal_lesions: int
+    largest_focal_lesion_mm: float
+    focal_lesion_volume_ml: float
+
+
+@dataclass(frozen=True)
+class CtAssessment:
+    """The category, the features it rests on and the rule that decided it, in words."""
+
+    category: CtCategory
+    features: CtFeatures
+    reasons: tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class CtFinding:
     """Result for one CT series.
 
     Masks are on the working grid: ``lungs[k, i, j]`` (0, 1 right, 2 left) and ``lesions``
-    (0, 1 GGO, 2 consolidation) describe source pixel ``(i * step, j * step)`` of the slice
-    ``source_sop_instance_uids[k]``; slices are ordered along the slice normal.
+    (0, 1 GGO, 2 consolidation, 3 focal solid lesion) describe source pixel
+    ``(i * step, j * step)`` of the slice ``source_sop_instance_uids[k]``; slices are ordered
+    along the slice normal.
     """
 
     series_instance_uid: str
@@ -187,8 +244,14 @@ class CtFinding:
     lungs: np.ndarray
     lesions: np.ndarray
     quantification: Quantification
-    covid_probability: float
-    classified_slices: tuple[int, ...]
-    slice_probabilities: tuple[float, ...]
+    assessment: CtAssessment
+    focal_lesions: tuple[FocalLesion, ...]
     key_slices: tuple[int, ...]
     notes: tuple[str, ...]
+    # The coronal plane through the lungs' centre: working-grid row ``coronal_row``, HU of
+    # (slice, column) in slice order, for the coronal overview picture.
+    coronal_row: int = 0
+    coronal_hu: np.ndarray | None = None
+    slice_spacing_mm: float = 0.0
+    column_spacing_mm: float = 0.0
+    slice_order_superior_last: bool = True

@@ -30,8 +30,9 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from dicom_node.errors import PreprocessingError
 
-# Lung window used to render CT for the CT slice classifier, in HU.  It is the window the data
-# set's README uses to render its CT DICOM slices (-1350..150 HU, i.e. centre -600, width 1500).
+# Lung window used to render CT slices (the lung segmentation trainer mixes CT slices in), in
+# HU.  It is the window the data set's README uses to render its CT DICOM slices (-1350..150
+# HU, i.e. centre -600, width 1500).
 LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
 
 # Robust intensity stretch: percentiles of the central part of the (resized) image, where the

@@ -5,13 +5,15 @@ its output builder turns the finding into DICOM objects, and neither imports the
 depend only on :mod:`dicom_node.domain`).  Builtins are data, ``"module:attribute"`` pairs
 imported on first use; tests pass ``factories`` instead.  The registry is the only model cache:
 ``XrayPipeline.load`` (the classifier and, for models that look at the lung fields, the lung
-segmentation named by its card) and ``CtSliceClassifier.load`` load afresh on every call.
+segmentation named by its card) loads afresh on every call.  The CT pipeline has no model and
+never imports TensorFlow; the TensorFlow device is reported once a pipeline that uses it loads.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -80,7 +82,7 @@ class PipelineRegistry:
             if loaded is None:
                 loaded = self._build(name)
                 self._loaded[name] = loaded
-                if self.device is None:
+                if self.device is None and "tensorflow" in sys.modules:
                     self.device = _tensorflow_device()
                 info = loaded.pipeline.model_info
                 log.info("loaded %s pipeline: model %s %s", name, info.name, info.version)

@@ -741,7 +741,7 @@ def _cpu_count() -> int:
 
 
 def common_arguments(parser: Any, defaults: TrainConfig, name: str) -> None:
-    """Command-line options shared by ``train_xray`` and ``train_ct``."""
+    """Command-line options of the trainer-based runs (``train_xray_compact``)."""
     from training.models import BACKBONES
 
     parser.add_argument(

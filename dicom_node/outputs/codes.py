@@ -72,3 +72,25 @@ RIGHT_LUNG = CodedConcept("3341006", "SCT", "Right lung")
 LEFT_LUNG = CodedConcept("44029006", "SCT", "Left lung")
 GROUND_GLASS_OPACITY = codes.DCM.GroundGlassOpacity  # (112120, DCM)
 CONSOLIDATION = CodedConcept("95436008", "SCT", "Lung consolidation")
+MASS = CodedConcept("4147007", "SCT", "Mass")
+
+# CT COVID-19 assessment: the RSNA consensus category and the features behind it.
+CT_CATEGORY = _private("CT-RSNA-CAT", "RSNA COVID-19 CT category")
+CT_CATEGORY_VALUES: dict[str, CodedConcept] = {
+    "typical": _private("CT-RSNA-TYP", "Typical appearance for COVID-19 pneumonia"),
+    "indeterminate": _private("CT-RSNA-IND", "Indeterminate appearance for COVID-19 pneumonia"),
+    "atypical": _private("CT-RSNA-ATY", "Atypical appearance for COVID-19 pneumonia"),
+    "negative": _private("CT-RSNA-NEG", "Negative for pneumonia"),
+}
+BILATERAL = _private("CT-BILATERAL", "Bilateral involvement")
+YES = codes.SCT.Yes
+NO = codes.SCT.No
+PERIPHERAL_SHARE = _private("CT-PERIPH-SHARE", "Lesion share in the outer third of the lung")
+PERIPHERAL_EXPECTED = _private("CT-PERIPH-LUNG", "Lung volume share in the outer third")
+LOWER_SHARE = _private("CT-LOWER-SHARE", "Lesion share in the lower half of the lung volume")
+FOCI = _private("CT-FOCI", "GGO/consolidation foci of 1 mL or more")
+FOCAL_LESIONS = _private("CT-FOCAL-N", "Compact solid lesions (nodule or mass), not counted")
+FOCAL_DIAMETER = _private("CT-FOCAL-DIAM", "Largest compact solid lesion diameter")
+FOCAL_VOLUME = _private("CT-FOCAL-ML", "Compact solid lesion volume")
+UNIT_MM = CodedConcept("mm", "UCUM", "millimeter")
+UNIT_COUNT = CodedConcept("{count}", "UCUM", "count")

@@ -232,14 +232,17 @@ def sources_for_outputs(sources: Sequence[Dataset]) -> list[Dataset]:
     A source that lacks a Type 2 attribute, or holds a value highdicom refuses (a malformed
     date or time, a sex other than M/F/O, an unknown character set), is replaced by a copy in
     which that attribute is present and empty (the character set is dropped): the finding
-    belongs in the patient's study even when the source's demographics are broken.  The copy
+    belongs in the patient's study even when the source's demographics are broken.  An
+    incomplete Referenced Study Sequence (Type 3; real anonymised series carry items without
+    a SOP Class UID) is dropped rather than copied into a non-conformant output.  The copy
     shares the source's other elements (pixels included); the source is not changed.
     """
     completed = []
     for source in sources:
         unusable = [k for k in TYPE2_SOURCE_ATTRIBUTES if k not in source or not _usable(source, k)]
         charset_ok = _usable(source, "SpecificCharacterSet")
-        if not unusable and charset_ok:
+        study_refs_ok = _complete_references(source.get("ReferencedStudySequence"))
+        if not unusable and charset_ok and study_refs_ok:
             completed.append(source)
             continue
         # A new element dict (Dataset(source) would share the source's).
@@ -251,8 +254,19 @@ def sources_for_outputs(sources: Sequence[Dataset]) -> list[Dataset]:
             setattr(copy, keyword, None)
         if not charset_ok:
             del copy.SpecificCharacterSet
+        if not study_refs_ok:
+            del copy.ReferencedStudySequence
         completed.append(copy)
     return completed
+
+
+def _complete_references(sequence: Any) -> bool:
+    """Whether every item of a reference sequence has both its SOP Class and Instance UIDs."""
+    if not sequence:
+        return True
+    return all(
+        "ReferencedSOPClassUID" in item and "ReferencedSOPInstanceUID" in item for item in sequence
+    )
 
 
 def _usable(source: Dataset, keyword: str) -> bool:

@@ -4,8 +4,12 @@ Each goes into its own new series of the source study (one SOP class per series)
 
 SR (Comprehensive 3D SR, UNVERIFIED) measurement groups:
 
-- study level (TID 1501): P(COVID-19), CT severity score (0-25, zones approximating lobes),
-  lung, lesion, GGO and consolidation volumes, involvement and GGO/consolidation shares;
+- study level (TID 1501): the RSNA COVID-19 CT category (qualitative evaluation) and the
+  features it was derived from (bilateral; peripheral, expected peripheral and lower-zone
+  shares; foci; compact solid lesions, counted apart: number, largest diameter, volume), CT
+  severity score (0-25, zones approximating lobes), lung, lesion, GGO and consolidation
+  volumes, involvement and GGO/consolidation shares.  Involvement counts GGO and
+  consolidation only: nodules and masses are not COVID-19 involvement;
 - one per lung (TID 1501, finding site lung with laterality): the same volumes and shares;
 - one per zone (TID 1501): lung and lesion volume, involvement, zone score 0-5; the tracking
   identifier says the zone approximates a lobe;
@@ -24,33 +28,55 @@ from collections.abc import Callable, Sequence
 
 import highdicom as hd
 import numpy as np
+from PIL import Image
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from dicom_node import RESEARCH_NOTICE
 from dicom_node.domain import CONSOLIDATION as CONSOLIDATION_LABEL
+from dicom_node.domain import FOCAL as FOCAL_LABEL
 from dicom_node.domain import GGO as GGO_LABEL
-from dicom_node.domain import CtFinding, LungMeasurement, ModelInfo, OutputContext, RegionScore
+from dicom_node.domain import (
+    CtFeatures,
+    CtFinding,
+    LungMeasurement,
+    ModelInfo,
+    OutputContext,
+    RegionScore,
+)
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
+    BILATERAL,
     CONSOLIDATION,
     CONSOLIDATION_SHARE,
     CONSOLIDATION_VOLUME,
+    CT_CATEGORY,
+    CT_CATEGORY_VALUES,
+    FOCAL_DIAMETER,
+    FOCAL_LESIONS,
+    FOCAL_VOLUME,
+    FOCI,
     GGO_SHARE,
     GGO_VOLUME,
     GROUND_GLASS_OPACITY,
     INVOLVEMENT,
     LESION_VOLUME,
+    LOWER_SHARE,
     LUNG_VOLUME,
+    MASS,
+    NO,
+    PERIPHERAL_EXPECTED,
+    PERIPHERAL_SHARE,
     PROCEDURE_CHEST_CT,
     SEVERITY_SCORE,
+    UNIT_COUNT,
     UNIT_ML,
-    UNIT_NONE,
+    UNIT_MM,
     UNIT_PERCENT,
     UNIT_SCORE,
+    YES,
     ZONE_SCORE,
-    probability_concept,
 )
 from dicom_node.outputs.common import (
     SC_SERIES_NUMBER,
@@ -63,14 +89,16 @@ from dicom_node.outputs.common import (
     now_local,
     secondary_capture,
     series_identity,
+    source_key,
     sources_for_outputs,
 )
-from dicom_node.outputs.seg import CONSOLIDATION_SEGMENT, GGO_SEGMENT, build_ct_seg
+from dicom_node.outputs.seg import CONSOLIDATION_SEGMENT, FOCAL_SEGMENT, GGO_SEGMENT, build_ct_seg
 from dicom_node.pixels import hu_image
 
 LUNG_WINDOW_HU = (-1350.0, 150.0)  # centre -600, width 1500
 GGO_COLOUR = (255, 215, 0)
 CONSOLIDATION_COLOUR = (255, 40, 40)
+FOCAL_COLOUR = (40, 120, 255)
 MIN_KEY_IMAGE_SIDE = 512
 
 
@@ -96,6 +124,11 @@ def build_ct_outputs(
             build_key_image(finding, datasets, k, sc_series, number, context, model, now)
             for number, k in enumerate(finding.key_slices, start=1)
         ]
+        if finding.coronal_hu is not None:
+            number = len(scs) + 1
+            scs.append(
+                build_coronal_overview(finding, datasets, sc_series, number, context, model, now)
+            )
     return [sr, seg, *scs]
 
 
@@ -115,14 +148,18 @@ def build_ct_sr(
         uid = derive_uid("tracking", model.name, model.version, series_uid, key)
         return hd.sr.TrackingIdentifier(uid=uid, identifier=f"{label} (AI, unverified)"[:64])
 
+    assessment = finding.assessment
+    features = assessment.features
     study_measurements = [
-        hd.sr.Measurement(
-            name=probability_concept("covid"),
-            value=round(finding.covid_probability, 6),
-            unit=UNIT_NONE,
-        ),
+        *_feature_measurements(features),
         hd.sr.Measurement(name=SEVERITY_SCORE, value=q.severity_score, unit=UNIT_SCORE),
         *_lung_measurements(q.total),
+    ]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(
+            name=CT_CATEGORY, value=CT_CATEGORY_VALUES[assessment.category.value]
+        ),
+        hd.sr.QualitativeEvaluation(name=BILATERAL, value=YES if features.bilateral else NO),
     ]
     groups: list[MeasurementGroup] = [
         hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -130,6 +167,7 @@ def build_ct_sr(
             algorithm_id=algorithm,
             finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Lung)],
             measurements=study_measurements,
+            qualitative_evaluations=evaluations,
         )
     ]
     for key, label, laterality, measurement in (
@@ -145,9 +183,11 @@ def build_ct_sr(
             )
         )
     groups.extend(_zone_group(region, tracking, algorithm) for region in q.regions)
+    focal_ml = float(np.count_nonzero(finding.lesions == FOCAL_LABEL)) * _voxel_ml(finding)
     for segment, finding_type, volume_ml, label in (
         (GGO_SEGMENT, GROUND_GLASS_OPACITY, q.total.ggo_ml, "Ground-glass opacity"),
         (CONSOLIDATION_SEGMENT, CONSOLIDATION, q.total.consolidation_ml, "Consolidation"),
+        (FOCAL_SEGMENT, MASS, focal_ml, "Nodule or mass (not involvement)"),
     ):
         if not _segment_present(seg, segment):
             continue
@@ -170,6 +210,25 @@ def build_ct_sr(
         )
     evidence = [*datasets, seg]
     return measurement_sr(groups, PROCEDURE_CHEST_CT, datasets, evidence, context, model, now)
+
+
+def _voxel_ml(finding: CtFinding) -> float:
+    """Working-grid voxel volume, from the lung volume and the lung voxel count."""
+    voxels = int(np.count_nonzero(finding.lungs))
+    return finding.quantification.total.lung_ml / voxels if voxels else 0.0
+
+
+def _feature_measurements(f: CtFeatures) -> list[hd.sr.Measurement]:
+    rows = (
+        (PERIPHERAL_SHARE, f.peripheral_share_percent, UNIT_PERCENT),
+        (PERIPHERAL_EXPECTED, f.peripheral_expected_percent, UNIT_PERCENT),
+        (LOWER_SHARE, f.lower_zone_share_percent, UNIT_PERCENT),
+        (FOCI, f.foci, UNIT_COUNT),
+        (FOCAL_LESIONS, f.focal_lesions, UNIT_COUNT),
+        (FOCAL_DIAMETER, f.largest_focal_lesion_mm, UNIT_MM),
+        (FOCAL_VOLUME, f.focal_lesion_volume_ml, UNIT_ML),
+    )
+    return [hd.sr.Measurement(name=name, value=_ml(value), unit=unit) for name, value, unit in rows]
 
 
 def _ml(value: float) -> float:
@@ -247,6 +306,76 @@ def build_key_image(
     )
 
 
+def build_coronal_overview(
+    finding: CtFinding,
+    datasets: Sequence[Dataset],
+    series: SeriesIdentity,
+    instance_number: int,
+    context: OutputContext,
+    model: ModelInfo,
+    now: dt.datetime,
+) -> hd.sc.SCImage:
+    """A coronal reformat through the lungs' centre with lungs outlined and lesions tinted: the
+    whole segmentation at a glance (missing lobes, leaks into the abdomen or neck)."""
+    source = datasets[len(datasets) // 2]
+    return secondary_capture(
+        source,
+        render_coronal_overview(finding, model),
+        series,
+        instance_number,
+        instance_uid("ct-coronal", model, source_key(datasets)),
+        (patient_orientation(source)[0], "F"),  # rows run head to feet
+        context,
+        model,
+        now,
+    )
+
+
+def render_coronal_overview(finding: CtFinding, model: ModelInfo) -> np.ndarray:
+    """Rows are slices (superior at the top), columns the source columns; pixels are stretched
+    to their true aspect (slice spacing against column spacing)."""
+    assert finding.coronal_hu is not None
+    row = finding.coronal_row
+    # Superior slice first: slices ascend along the normal, which points up in HFS.
+    order = np.arange(finding.coronal_hu.shape[0])
+    if finding.slice_order_superior_last:
+        order = order[::-1]
+    hu = finding.coronal_hu[order].astype(np.float32)
+    lungs = finding.lungs[order, row, :]
+    lesions = finding.lesions[order, row, :]
+    low, high = LUNG_WINDOW_HU
+    gray = (np.clip((hu - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    rgb = render.gray_to_rgb(gray)
+    rgb = render.tint_mask(rgb, lesions == GGO_LABEL, GGO_COLOUR)
+    rgb = render.tint_mask(rgb, lesions == CONSOLIDATION_LABEL, CONSOLIDATION_COLOUR)
+    rgb = render.tint_mask(rgb, lesions == FOCAL_LABEL, FOCAL_COLOUR)
+    edge = (lungs > 0) & ~_eroded(lungs > 0)
+    rgb[edge] = render.LUNG_OUTLINE_COLOUR
+    aspect = finding.slice_spacing_mm / max(finding.column_spacing_mm, 1e-6)
+    width = max(MIN_KEY_IMAGE_SIDE, rgb.shape[1])
+    scale = width / rgb.shape[1]
+    height = max(1, round(rgb.shape[0] * aspect * scale))
+    picture = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.NEAREST))
+    a = finding.assessment
+    top = [
+        "AI CT COVID-19 assessment (unverified): coronal overview",
+        f"RSNA category: {a.category.value}",
+        f"Involvement {a.features.involvement_percent:.1f}%, "
+        f"{a.features.focal_lesions} nodule/mass (not counted)",
+    ]
+    bottom = [RESEARCH_NOTICE, "Cyan: lungs; yellow GGO, red consolidation, blue nodule/mass"]
+    return render.burn_in_text(picture, top, bottom)
+
+
+def _eroded(mask: np.ndarray) -> np.ndarray:
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    return inner
+
+
 def patient_orientation(ds: Dataset) -> tuple[str, str]:
     """Patient Orientation letters of the rows and columns, e.g. ("L", "P") for axial HFS."""
     iop = [float(v) for v in ds.ImageOrientationPatient]
@@ -277,11 +406,12 @@ def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelIn
     rgb = render.gray_to_rgb(gray)
     rgb = render.tint_mask(rgb, lesions == GGO_LABEL, GGO_COLOUR)
     rgb = render.tint_mask(rgb, lesions == CONSOLIDATION_LABEL, CONSOLIDATION_COLOUR)
+    rgb = render.tint_mask(rgb, lesions == FOCAL_LABEL, FOCAL_COLOUR)
     q = finding.quantification
     total = q.total
     top = [
         "AI CT COVID-19 assessment (unverified)",
-        f"P(COVID-19): {finding.covid_probability:.2f}",
+        f"RSNA category: {finding.assessment.category.value}",
         f"Involvement: {total.involvement_percent:.1f}% "
         f"(R {q.right.involvement_percent:.1f}%, L {q.left.involvement_percent:.1f}%)",
         f"Lesions: {total.lesion_ml:.0f} mL of {total.lung_ml:.0f} mL lung",
@@ -291,7 +421,7 @@ def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelIn
     ]
     bottom = [
         RESEARCH_NOTICE,
-        "Yellow: ground-glass opacity, red: consolidation",
+        "Yellow: GGO, red: consolidation, blue: nodule/mass (not counted)",
         f"{model.name} {model.version}",
     ]
     return render.burn_in_text(rgb, top, bottom)

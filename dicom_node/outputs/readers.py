@@ -75,3 +75,16 @@ def read_ct_report(dataset: Dataset) -> dict[str, dict[str, float]]:
         }
         for group in groups
     }
+
+
+def read_ct_assessment(dataset: Dataset) -> dict[str, str]:
+    """Our CT SR's coded evaluations back: ``{concept meaning: value meaning}``, e.g.
+    ``{"RSNA COVID-19 CT category": "Typical appearance for COVID-19 pneumonia"}``."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(dataset)
+    content: hd.sr.MeasurementReport = report.content  # type: ignore[assignment]
+    evaluations: dict[str, str] = {}
+    for group in content.get_image_measurement_groups():
+        for item in group.get_qualitative_evaluations():
+            value: hd.sr.CodedConcept = item.value  # type: ignore[assignment]
+            evaluations[str(item.name.meaning)] = str(value.meaning)
+    return evaluations

@@ -26,6 +26,7 @@ from dicom_node.outputs.codes import (
     CONSOLIDATION,
     GROUND_GLASS_OPACITY,
     LEFT_LUNG,
+    MASS,
     RIGHT_LUNG,
 )
 from dicom_node.outputs.common import (
@@ -39,6 +40,7 @@ from dicom_node.outputs.common import (
 )
 
 RIGHT_LUNG_SEGMENT, LEFT_LUNG_SEGMENT, GGO_SEGMENT, CONSOLIDATION_SEGMENT = 1, 2, 3, 4
+FOCAL_SEGMENT = 5  # compact solid lesion (nodule or mass) with its halo; only when present
 
 # (number, label, category, property type, colour as CIELab)
 _SEGMENTS = (
@@ -50,11 +52,13 @@ _SEGMENTS = (
      (90.0, -5.0, 85.0)),
     (CONSOLIDATION_SEGMENT, "Consolidation", ABNORMAL_STRUCTURE, CONSOLIDATION,
      (55.0, 75.0, 55.0)),
+    (FOCAL_SEGMENT, "Nodule or mass (not counted as involvement)", ABNORMAL_STRUCTURE, MASS,
+     (50.0, 20.0, -70.0)),
 )  # fmt: skip
 
 
 def label_map(lungs: np.ndarray, lesions: np.ndarray) -> np.ndarray:
-    """Working-grid segment numbers: lungs 1/2, overridden by lesions 3 (GGO) / 4."""
+    """Working-grid segment numbers: lungs 1/2, overridden by lesions 3 (GGO) / 4 / 5."""
     out = lungs.astype(np.uint8, copy=True)
     lesion = lesions > 0
     out[lesion] = lesions[lesion] + 2
@@ -101,6 +105,7 @@ def build_ct_seg(
             display_color=hd.color.CIELabColor(*lab),
         )
         for number, label, category, property_type, lab in _SEGMENTS
+        if number != FOCAL_SEGMENT or np.any(pixels == FOCAL_SEGMENT)
     ]
     uid = instance_uid("seg", model, source_key(datasets))
     kwargs = {**identity_kwargs(series, uid, 1, context), **equipment_kwargs(model, context, now)}

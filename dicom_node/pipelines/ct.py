@@ -1,96 +1,87 @@
-"""Chest CT COVID-19 assessment: lung quantification, severity score and a slice classifier.
+"""Chest CT COVID-19 assessment from the 3-D quantification: no slice classifier.
 
 ``preprocess``  choose the series (``ct_series``), read it as int16 HU on the working grid,
-                segment the lungs (``ct_lungs``), pick and decode the slices to classify.
-``predict``     the 2-D slice classifier on those slices, in batches.
-``postprocess`` lesions and measurements (``ct_quant``), the study probability, key slices.
+                segment the lungs (``ct_lungs``).
+``predict``     lesions (``ct_quant``): GGO and consolidation, compact solid lesions apart
+                (``ct_focal``).
+``postprocess`` measurements, the pattern features and the RSNA category (``ct_pattern``),
+                key slices.
 
-Study probability: the classifier sees at most ``MAX_CLASSIFIED_SLICES`` slices, evenly
-spaced over the slices whose lung area is at least ``MIN_LUNG_AREA_FRACTION`` of the largest
-(slices like the training images, not apex or base slivers).  The study probability is the mean
-of the highest quarter of those slice probabilities: COVID-19 changes are often patchy, so the
-plain mean would dilute them, while the single maximum would follow one noisy slice.
+Why no classifier: the 2-D slice classifier this pipeline used to carry learned its training
+sources (one public collection of figure crops) and called every real chest CT COVID-19,
+nodule and cancer cases included.  The category follows the published RSNA consensus
+reporting language from what is measured, so each call can be checked against its features.
 
-A study without an analysable series (single slices such as the TCIA samples, too few slices,
-gaps, non-axial reformats, no lungs found) raises ``NotAnalysable`` with the reason (the job is
-``ignored``); the ``classify`` command gives single CT slices a slice-level probability instead.
+A study without an analysable series (single slices, too few slices, gaps, non-axial
+reformats, no lungs found) raises ``NotAnalysable`` with the reason (the job is ``ignored``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 from pydicom import Dataset
 
-from dicom_node.domain import LEFT_LUNG, RIGHT_LUNG, CtFinding, LungMeasurement, ModelInfo
-from dicom_node.errors import NotAnalysable, PipelineError
+from dicom_node.domain import (
+    LEFT_LUNG,
+    RIGHT_LUNG,
+    CtCategory,
+    CtFeatures,
+    CtFinding,
+    FocalLesion,
+    LungMeasurement,
+    ModelInfo,
+)
+from dicom_node.errors import NotAnalysable
 from dicom_node.pipelines.base import Pipeline
+from dicom_node.pipelines.ct_focal import separate_focal_lesions
 from dicom_node.pipelines.ct_lungs import LungSegmentation, segment_lungs
+from dicom_node.pipelines.ct_pattern import assess, measure_features
 from dicom_node.pipelines.ct_quant import quantify, segment_lesions
 from dicom_node.pipelines.ct_series import CtVolume, assemble, select_series
-from dicom_node.pixels import hu_image
 
 log = logging.getLogger(__name__)
 
-QUANTIFICATION_VERSION = "1"
+# The version of the measurement rules; it flows into the outputs and their derived UIDs.
+ASSESSMENT_VERSION = "2.0.0"
 MIN_LUNG_ML = 800.0  # less than this is not a chest CT with both lungs in the field of view
-MAX_CLASSIFIED_SLICES = 32
-MIN_LUNG_AREA_FRACTION = 0.25
-TOP_FRACTION = 0.25  # the study probability is the mean of this top share of slices
 KEY_IMAGES = 3
 KEY_IMAGE_MIN_GAP_MM = 20.0
-
-
-class SliceClassifier(Protocol):
-    """What the pipeline needs from the slice classifier (``CtSliceClassifier`` has it)."""
-
-    model_info: ModelInfo
-
-    def predict_hu_slices(self, hu: np.ndarray) -> np.ndarray:
-        """``(n, rows, cols)`` HU -> ``(n,)`` P(COVID-19)."""
-        ...
-
-    def warm_up(self) -> None:
-        """Trace the compiled model once."""
-        ...
 
 
 @dataclass(frozen=True)
 class CtPrepared:
     volume: CtVolume
     lungs: LungSegmentation
-    classified: np.ndarray  # volume slice indices given to the classifier
-    slices_hu: np.ndarray  # (n, rows, cols) int16 full-resolution HU of those slices
     notes: tuple[str, ...]
 
 
-class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
+@dataclass(frozen=True)
+class CtLesions:
+    labels: np.ndarray  # uint8 working grid: 0, GGO, CONSOLIDATION, FOCAL
+    focal: tuple[FocalLesion, ...]
+
+
+class CtPipeline(Pipeline[CtPrepared, CtLesions, CtFinding]):
     name: ClassVar[str] = "ct"
 
-    def __init__(self, classifier: SliceClassifier) -> None:
-        self.classifier = classifier
-        info = classifier.model_info
+    def __init__(self) -> None:
         self.model_info = ModelInfo(
             name="ct_covid_assessment",
-            version=f"{info.version}-q{QUANTIFICATION_VERSION}",
-            classes=("covid", "noncovid"),
+            version=ASSESSMENT_VERSION,
+            classes=tuple(c.value for c in CtCategory),
+            family="Mathematical Model",
         )
 
     @classmethod
     def load(cls, models_dir: Path | None = None) -> CtPipeline:
-        """The pipeline with the shipped slice classifier (checksum-verified)."""
-        from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
-
-        return cls(CtSliceClassifier.load(models_dir))
-
-    def warm_up(self) -> None:
-        self.classifier.warm_up()
+        """No model file: the assessment is measurement rules (``models_dir`` is ignored)."""
+        return cls()
 
     def preprocess(self, sources: Sequence[Dataset]) -> CtPrepared:
         choice = select_series(sources)
@@ -105,47 +96,50 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
         for side, code in (("right", RIGHT_LUNG), ("left", LEFT_LUNG)):
             if lungs.volume_ml(volume.voxel_ml, code) == 0:
                 lungs = _with_note(lungs, f"no {side} lung found")
-        classified = classification_slices(lungs.labels)
-        slices_hu = np.stack([hu_image(volume.datasets[k]) for k in classified])
         notes = choice.notes + lungs.notes
         for note in notes:
             log.info("CT series: %s", note)
-        return CtPrepared(volume, lungs, classified, slices_hu, notes)
+        return CtPrepared(volume, lungs, notes)
 
-    def predict(self, prepared: CtPrepared) -> np.ndarray:
-        hu = prepared.slices_hu.astype(np.float32)
-        probabilities = np.asarray(self.classifier.predict_hu_slices(hu), dtype=np.float64)
-        if probabilities.shape != (len(prepared.classified),):
-            raise ValueError(f"classifier returned shape {probabilities.shape}")
-        return probabilities
+    def predict(self, prepared: CtPrepared) -> CtLesions:
+        volume, lungs = prepared.volume, prepared.lungs.labels
+        lesions = segment_lesions(volume, lungs)
+        focal = separate_focal_lesions(volume, lungs, lesions)
+        return CtLesions(lesions, focal)
 
-    def postprocess(self, raw: np.ndarray, prepared: CtPrepared) -> CtFinding:
+    def postprocess(self, raw: CtLesions, prepared: CtPrepared) -> CtFinding:
         volume = prepared.volume
         lungs = prepared.lungs.labels
-        lesions = segment_lesions(volume, lungs)
-        quantification = quantify(volume, lungs, lesions)
+        quantification = quantify(volume, lungs, raw.labels)
+        features = measure_features(volume, lungs, raw.labels, quantification, raw.focal)
         return CtFinding(
             series_instance_uid=str(volume.datasets[0].SeriesInstanceUID),
             source_sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in volume.datasets),
             step=volume.step,
             lungs=lungs,
-            lesions=lesions,
+            lesions=raw.labels,
             quantification=quantification,
-            covid_probability=aggregate_probability(raw),
-            classified_slices=tuple(int(k) for k in prepared.classified),
-            slice_probabilities=tuple(float(p) for p in raw),
-            key_slices=key_slices(lungs, lesions, volume.slice_spacing),
+            assessment=assess(features),
+            focal_lesions=raw.focal,
+            key_slices=key_slices(lungs, raw.labels, volume.slice_spacing),
             notes=prepared.notes,
+            coronal_row=(row := coronal_row(lungs)),
+            coronal_hu=np.ascontiguousarray(volume.hu[:, row, :]),
+            slice_spacing_mm=volume.slice_spacing,
+            column_spacing_mm=volume.spacing[2],
+            slice_order_superior_last=bool(volume.normal[2] > 0),
         )
 
     def summarise(self, finding: CtFinding) -> dict[str, Any]:
         q = finding.quantification
-        total = q.total
+        assessment = finding.assessment
         return {
             "pipeline": self.name,
-            "label": "covid" if finding.covid_probability >= 0.5 else "noncovid",
-            "covid_probability": round(finding.covid_probability, 4),
-            **_lung_summary(total),
+            "label": assessment.category.value,
+            "ct_category": assessment.category.value,
+            "features": features_record(assessment.features),
+            "reasons": list(assessment.reasons),
+            **_lung_summary(q.total),
             "severity_score": q.severity_score,
             "severity_regions": [
                 {
@@ -157,10 +151,25 @@ class CtPipeline(Pipeline[CtPrepared, np.ndarray, CtFinding]):
             ],
             "right_lung": _lung_summary(q.right),
             "left_lung": _lung_summary(q.left),
+            "focal_lesions": [
+                {
+                    "lung": "right" if lesion.lung == RIGHT_LUNG else "left",
+                    "volume_ml": round(lesion.volume_ml, 1),
+                    "diameter_mm": round(lesion.diameter_mm, 1),
+                }
+                for lesion in finding.focal_lesions
+            ],
             "slices": len(finding.source_sop_instance_uids),
-            "slices_classified": len(finding.classified_slices),
             "notes": list(finding.notes),
         }
+
+
+def features_record(features: CtFeatures) -> dict[str, Any]:
+    """The features as JSON: numbers rounded, names carrying their unit."""
+    record: dict[str, Any] = {}
+    for key, value in asdict(features).items():
+        record[key] = round(value, 2) if isinstance(value, float) else value
+    return record
 
 
 def _lung_summary(m: LungMeasurement) -> dict[str, float]:
@@ -179,23 +188,9 @@ def _with_note(lungs: LungSegmentation, note: str) -> LungSegmentation:
     return LungSegmentation(labels=lungs.labels, airway=lungs.airway, notes=(*lungs.notes, note))
 
 
-def classification_slices(lungs: np.ndarray, limit: int = MAX_CLASSIFIED_SLICES) -> np.ndarray:
-    """Evenly spaced slices among those with a substantial lung cross-section."""
-    area = np.count_nonzero(lungs, axis=(1, 2))
-    candidates = np.flatnonzero(area >= MIN_LUNG_AREA_FRACTION * area.max())
-    if len(candidates) <= limit:
-        return candidates
-    picks = np.linspace(0, len(candidates) - 1, limit).round().astype(int)
-    return np.asarray(candidates[np.unique(picks)])
-
-
-def aggregate_probability(slice_probabilities: np.ndarray) -> float:
-    """Mean of the highest ``TOP_FRACTION`` of slice probabilities (at least one slice)."""
-    values = np.sort(np.asarray(slice_probabilities, dtype=np.float64))[::-1]
-    if values.size == 0:
-        raise PipelineError("no slice could be classified")
-    top = max(1, math.ceil(TOP_FRACTION * values.size))
-    return float(values[:top].mean())
+def coronal_row(lungs: np.ndarray) -> int:
+    """The working-grid row (coronal plane) with the largest lung cross-section."""
+    return int(np.argmax(np.count_nonzero(lungs, axis=(0, 2))))
 
 
 def key_slices(

@@ -29,8 +29,9 @@ from dicom_node.domain import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
 from dicom_node.pipelines.ct_series import CtVolume
 
 AIR_HU = -400
-AIRWAY_HU = (-950, -975, -990)
+AIRWAY_HU = (-990, -975, -960, -945, -930, -915, -900)  # tried in this order
 MAX_AIRWAY_ML = 250.0
+AIRWAY_HALF_WIDTH_MM = 90.0
 TRACHEA_AREA_MM2 = (80.0, 900.0)
 TRACHEA_MAX_OFFSET_MM = 30.0
 TRACHEA_SEARCH_MM = 60.0
@@ -65,9 +66,9 @@ def segment_lungs(volume: CtVolume) -> LungSegmentation:
             labels=labels, airway=airway_full, notes=("no air inside the body",)
         )
     hu = hu_full[box]
-    x_full, y_full = _xy_planes(volume)
+    x_full, y_full = xy_planes(volume)
     x_mm, y_mm = x_full[box[1:]], y_full[box[1:]]
-    midline = _midline(hu_full, x_full)
+    midline = midline_x(hu_full, x_full)
     airway = _grow_airway(volume, hu, internal, x_mm, midline, notes)
     rim = _dilate_in_box(airway) if airway is not None else None
     if rim is not None:
@@ -113,7 +114,7 @@ def _dilate_in_box(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _xy_planes(volume: CtVolume) -> tuple[np.ndarray, np.ndarray]:
+def xy_planes(volume: CtVolume) -> tuple[np.ndarray, np.ndarray]:
     """Patient x and y (mm; +x is the patient's left, +y posterior) of a slice's pixels."""
     _, dy, dx = volume.spacing
     rows, cols = volume.hu.shape[1:]
@@ -131,7 +132,7 @@ def _xy_planes(volume: CtVolume) -> tuple[np.ndarray, np.ndarray]:
     return planes[0], planes[1]
 
 
-def _midline(hu: np.ndarray, x_mm: np.ndarray) -> float:
+def midline_x(hu: np.ndarray, x_mm: np.ndarray) -> float:
     """Patient x of the body's centre (mean x of soft-tissue-or-denser pixels)."""
     step = max(1, hu.shape[0] // 16)
     body = hu[::step] > -500
@@ -147,28 +148,46 @@ def _grow_airway(
     midline: float,
     notes: list[str],
 ) -> np.ndarray | None:
-    seed = _trachea_seed(volume, internal, x_mm, midline)
+    """The trachea and main bronchi: grown from a seed in the trachea at rising thresholds.
+
+    The lumen's HU depends on slice thickness and kernel (about -1000 on thin slices, -930 to
+    -970 on 5 mm ones), so no single threshold fits.  Growth starts strict and is relaxed step
+    by step; the last growth before it leaks into the lungs (a jump past ``MAX_AIRWAY_ML``)
+    is the airway.
+    """
+    seed = _trachea_seed(volume, hu, internal, x_mm, midline)
     if seed is None:
         notes.append("trachea not found in the upper slices: airways not removed")
         return None
     k, i, j = seed
+    # Grown within AIRWAY_HALF_WIDTH_MM of the midline: the trachea and main bronchi lie there,
+    # and a leak into a lung is still far beyond MAX_AIRWAY_ML inside that band.
+    columns = np.flatnonzero(np.any(np.abs(x_mm - midline) <= AIRWAY_HALF_WIDTH_MM, axis=0))
+    band = (slice(None), slice(None), slice(int(columns[0]), int(columns[-1]) + 1))
+    j_band = j - int(columns[0])
+    best: np.ndarray | None = None
     for threshold in AIRWAY_HU:
-        lumen = internal & (hu < threshold)
-        if not lumen[k, i, j]:
+        if hu[k, i, j] >= threshold:
             continue
-        grown, _ = ndimage.label(lumen)
-        airway: np.ndarray = grown == grown[k, i, j]
+        grown, _ = ndimage.label(internal[band] & (hu[band] < threshold))
+        airway: np.ndarray = grown == grown[k, i, j_band]
         del grown
-        if np.count_nonzero(airway) * volume.voxel_ml <= MAX_AIRWAY_ML:
-            return airway
-    notes.append("airway growth leaked into the lungs at every threshold: airways not removed")
-    return None
+        if np.count_nonzero(airway) * volume.voxel_ml > MAX_AIRWAY_ML:
+            break
+        best = airway
+    if best is None:
+        notes.append("airway growth leaked into the lungs at every threshold: airways not removed")
+        return None
+    full = np.zeros(internal.shape, dtype=bool)
+    full[band] = best
+    return full
 
 
 def _trachea_seed(
-    volume: CtVolume, internal: np.ndarray, x_mm: np.ndarray, midline: float
+    volume: CtVolume, hu: np.ndarray, internal: np.ndarray, x_mm: np.ndarray, midline: float
 ) -> tuple[int, int, int] | None:
-    """A voxel in the trachea: the largest round-ish internal air region near the midline."""
+    """The darkest voxel of the trachea: the largest internal air region of tracheal size near
+    the midline, in the upper slices (the topmost one skipped when it is partial volume)."""
     dz, dy, dx = volume.spacing
     superior_last = volume.normal[2] > 0  # slices ascend along the normal
     n = internal.shape[0]
@@ -189,8 +208,9 @@ def _trachea_seed(
                 best, best_area = r, int(areas[r])
         if best:
             ii, jj = np.nonzero(regions == best)
-            pick = int(np.argmin((ii - ii.mean()) ** 2 + (jj - jj.mean()) ** 2))
-            return k, int(ii[pick]), int(jj[pick])
+            pick = int(np.argmin(hu[k, ii, jj]))
+            if hu[k, ii[pick], jj[pick]] < AIRWAY_HU[-1]:
+                return k, int(ii[pick]), int(jj[pick])
     return None
 
 
@@ -263,7 +283,7 @@ def _close_and_fill(
     sub = labels[box]
     lung = sub == code
     free = sub == 0
-    costal = _costal_sector(lung, x_mm[box[1], box[2]], y_mm[box[1], box[2]], midline)
+    costal = costal_sector(lung, x_mm[box[1], box[2]], y_mm[box[1], box[2]], midline)
     added = _box_closing(lung, small) | (_box_closing(lung, large) & costal)
     added &= free & ~lung
     filled = _fill_holes(lung | added)
@@ -295,12 +315,13 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.asarray(mask | ~np.isin(background, border))
 
 
-def _costal_sector(lung: np.ndarray, x: np.ndarray, y: np.ndarray, midline: float) -> np.ndarray:
+def costal_sector(lung: np.ndarray, x: np.ndarray, y: np.ndarray, midline: float) -> np.ndarray:
     """Pixels outside the medial sector (within 60 degrees of the direction to the midline)
     as seen from the lung's centroid in each slice."""
     counts = np.maximum(lung.sum(axis=(1, 2)), 1)
-    cx = np.asarray([(m * x).sum() for m in lung], dtype=np.float32) / counts
-    cy = np.asarray([(m * y).sum() for m in lung], dtype=np.float32) / counts
+    flat = lung.reshape(lung.shape[0], -1).view(np.uint8).astype(np.float32)
+    cx = (flat @ x.ravel().astype(np.float32)) / counts
+    cy = (flat @ y.ravel().astype(np.float32)) / counts
     vx = (x[None] - cx[:, None, None]) * np.sign(midline - cx)[:, None, None]
     vy = y[None] - cy[:, None, None]
     # medial when the angle to the medial direction is under 60 degrees: vx > 0, 3 vx^2 > vy^2

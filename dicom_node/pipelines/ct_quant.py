@@ -1,6 +1,7 @@
 """Lesions inside the lungs, per-lung measurements, five lobe-like regions and a severity score.
 
-Lesions (working grid, within the lungs' bounding box):
+Lesions (working grid, within the lungs' bounding box; compact solid lesions are then
+separated by ``ct_focal`` and not counted as involvement):
 
 - *Consolidation*: -300..+50 HU in structures at least ~6 mm thick.  Dense voxels are opened
   in-plane with a disc of 3 mm radius; what the opening removes is thin and bright (vessels,
@@ -39,7 +40,8 @@ from dicom_node.pipelines.ct_series import CtVolume
 GGO_HU = (-750, -300)  # low inclusive, high exclusive
 CONSOLIDATION_HU = (-300, 50)  # both inclusive
 THIN_RADIUS_MM = 3.0
-CONSOLIDATION_RIM_HU = -500
+GGO_MIN_RADIUS_MM = 2.5
+CONSOLIDATION_RIM_HU = -650
 # Zone involvement under this scores 0 ("none"): below it, flagged voxels are mostly partial
 # volume and noise (lesion-free phantoms give 0.0-0.3% per zone).
 NONE_BELOW_PERCENT = 0.5
@@ -66,7 +68,10 @@ def severity_band(involvement_percent: float) -> int:
 
 
 def segment_lesions(volume: CtVolume, lungs: np.ndarray) -> np.ndarray:
-    """uint8 working-grid volume: 0 no lesion, 1 GGO, 2 consolidation (inside the lungs only)."""
+    """uint8 working-grid volume: 0 no lesion, 1 GGO, 2 consolidation (inside the lungs only).
+
+    Compact solid lesions are still consolidation here; ``ct_focal`` separates them.
+    """
     lesions = np.zeros(lungs.shape, dtype=np.uint8)
     objects = ndimage.find_objects((lungs > 0).astype(np.uint8))
     if not objects or objects[0] is None:
@@ -75,25 +80,33 @@ def segment_lesions(volume: CtVolume, lungs: np.ndarray) -> np.ndarray:
     hu = volume.hu[box]
     lung = lungs[box] > 0
     _, dy, dx = volume.spacing
+    cross = ndimage.generate_binary_structure(3, 1)
     plane = np.zeros((3, 3, 3), dtype=bool)
-    plane[1] = ndimage.generate_binary_structure(2, 1)
+    plane[1] = cross[1]
     inner = ndimage.binary_erosion(lung, structure=plane)
 
     dense = inner & (hu >= CONSOLIDATION_HU[0])
-    thick = ndimage.binary_opening(dense, structure=_disc(THIN_RADIUS_MM, dy, dx))
+    thick = ndimage.binary_opening(dense, structure=disc(THIN_RADIUS_MM, dy, dx))
     thin = dense & ~thick
     consolidation = thick & (hu <= CONSOLIDATION_HU[1])
-    ring = np.ones((1, 3, 3), dtype=bool)
-    near_thin = ndimage.binary_dilation(thin, structure=ring)
-    near_consolidation = ndimage.binary_dilation(consolidation, structure=ring)
+    # Dense pixels the opening shaved off a consolidation's border are its edge, not a vessel.
+    edge = thin & _grow_box(consolidation)
+    consolidation |= edge & (hu <= CONSOLIDATION_HU[1])
+    thin &= ~edge
+    near_thin = _grow_box(thin)
+    near_consolidation = _grow_box(consolidation)
     ggo = inner & (hu >= GGO_HU[0]) & (hu < GGO_HU[1]) & ~near_thin
     ggo &= ~(near_consolidation & (hu < CONSOLIDATION_RIM_HU))
-    ggo = ndimage.binary_opening(ggo, structure=plane)
+    # Opened with a disc: GGO patches narrower than ~5 mm are the partial-volume halo of
+    # vessels and fissures or a dependent band, not a ground-glass opacity.
+    # The opening sees GGO and consolidation together: a halo around a consolidation is part
+    # of one lesion however thin it is.
+    ggo &= ndimage.binary_opening(ggo | consolidation, structure=disc(GGO_MIN_RADIUS_MM, dy, dx))
 
     # The surface layer counts where it continues a lesion (a lesion against the pleura),
     # not where it is the partial-volume rim of normal lung against the chest wall.
     surface = lung & ~inner
-    grow = ndimage.binary_dilation(ggo | consolidation, structure=ring) & surface
+    grow = ndimage.binary_dilation(ggo | consolidation, structure=cross) & surface
     ggo |= grow & (hu >= GGO_HU[0]) & (hu < GGO_HU[1])
     consolidation |= grow & (hu >= CONSOLIDATION_HU[0]) & (hu <= CONSOLIDATION_HU[1])
 
@@ -103,11 +116,19 @@ def segment_lesions(volume: CtVolume, lungs: np.ndarray) -> np.ndarray:
     return lesions
 
 
-def _disc(radius_mm: float, dy: float, dx: float) -> np.ndarray:
+def _grow_box(mask: np.ndarray) -> np.ndarray:
+    """One-pixel in-plane dilation by the 3x3 box (as separable max filters: fast)."""
+    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=(1, 3, 3)) > 0)
+
+
+def disc(radius_mm: float, dy: float, dx: float) -> np.ndarray:
+    """An in-plane disc structuring element (1, h, w); at least the 4-neighbour cross, so that
+    a radius below the pixel size still means one pixel."""
+    radius_mm = max(radius_mm, dy, dx)
     ry, rx = max(1, round(radius_mm / dy)), max(1, round(radius_mm / dx))
     y, x = np.ogrid[-ry : ry + 1, -rx : rx + 1]
-    disc = (y * dy) ** 2 + (x * dx) ** 2 <= radius_mm**2 + 1e-6
-    return disc[None]
+    inside = (y * dy) ** 2 + (x * dx) ** 2 <= radius_mm**2 + 1e-6
+    return np.asarray(inside[None])
 
 
 def quantify(volume: CtVolume, lungs: np.ndarray, lesions: np.ndarray) -> Quantification:
@@ -119,12 +140,13 @@ def quantify(volume: CtVolume, lungs: np.ndarray, lesions: np.ndarray) -> Quanti
     objects = ndimage.find_objects((lungs > 0).astype(np.uint8))
     empty = LungMeasurement(0.0, 0.0, 0.0)
     if not objects or objects[0] is None:
-        return Quantification(right=empty, left=empty, regions=_score_regions(np.zeros((1, 3, 3))))
+        return Quantification(right=empty, left=empty, regions=_score_regions(np.zeros((1, 3, 4))))
     box = objects[0]
     bins = _oblique_bins(volume, box)
     n_bins = int(bins.max()) + 1
-    key = (bins * 3 + lungs[box]) * 3 + lesions[box]
-    voxels = np.bincount(key.ravel(), minlength=n_bins * 9).reshape(n_bins, 3, 3)
+    # Focal solid lesions (label 3) are counted apart, not as involvement.
+    key = (bins * 3 + lungs[box]) * 4 + lesions[box]
+    voxels = np.bincount(key.ravel(), minlength=n_bins * 12).reshape(n_bins, 3, 4)
     counts = voxels.astype(np.float64) * volume.voxel_ml
     per_lung = {
         code: LungMeasurement(

@@ -13,7 +13,6 @@ from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.outputs.xray import build_xray_outputs
 from dicom_node.registry import PipelineRegistry
 from tests.support.factories import chest_cr, synthetic_xray_finding
-from tests.support.models import write_tiny_ct_classifier
 from tests.support.synthetic import write_phantom_series
 from tests.support.validate import dciodvfy_errors
 
@@ -36,8 +35,7 @@ def xray_outputs() -> list[Dataset]:
 def ct_outputs(
     tmp_path_factory: pytest.TempPathFactory, phantom_files: tuple[Path, ...]
 ) -> list[Dataset]:
-    models_dir = write_tiny_ct_classifier(tmp_path_factory.mktemp("models"))
-    loaded = PipelineRegistry(models_dir).get("ct")
+    loaded = PipelineRegistry(tmp_path_factory.mktemp("models")).get("ct")
     sources = [pydicom.dcmread(path) for path in phantom_files]
     return loaded.build_outputs(loaded.pipeline.run(sources), sources, OutputContext())
 

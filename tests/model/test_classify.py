@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -107,16 +109,15 @@ def test_xray_directory_is_one_study(tmp_path: Path) -> None:
     assert results[0]["pipeline"] == "xray" and len(results[0]["images"]) == 2
 
 
-def test_ct_slices_png_and_dicom(shared_data: Path) -> None:
+def test_single_ct_slices_are_not_analysable(shared_data: Path) -> None:
     png = _first(shared_data, "ct", "covid")
     dicom = sorted((shared_data / "ct_dicom" / "covid").glob("*.dcm"))[0]
     code, results, _, _ = _classify([png], pipeline="ct")
     assert code == 0 and results[0]["pipeline"] == "ct"
-    assert 0.0 <= results[0]["covid_probability"] <= 1.0
-    assert set(results[0]["probabilities"]) == {"covid", "noncovid"}
+    assert "whole axial series" in results[0]["not_analysable"]
+    assert results[0]["label"] is None and results[0]["probabilities"] is None
     code, results, _, _ = _classify([dicom])  # Modality CT: guessed
-    assert code == 0 and results[0]["pipeline"] == "ct"
-    assert results[0]["label"] in ("covid", "noncovid")
+    assert code == 0 and results[0]["pipeline"] == "ct" and results[0]["not_analysable"]
 
 
 def test_ct_directory_goes_to_the_ct_pipeline(shared_data: Path, tmp_path: Path) -> None:
@@ -127,5 +128,28 @@ def test_ct_directory_goes_to_the_ct_pipeline(shared_data: Path, tmp_path: Path)
     code, results, _, _ = _classify([series])
     assert results[0]["pipeline"] == "ct"
     # Two single-slice TCIA series: the CT pipeline answers with its own clear reason.
-    assert code == 1 and "label" not in results[0]
-    assert "a single slice is not a volume" in results[0]["error"]
+    assert code == 0 and results[0]["label"] is None
+    assert "a single slice is not a volume" in results[0]["not_analysable"]
+
+
+def test_the_real_ct_series_gets_a_category_without_tensorflow(shared_data: Path) -> None:
+    series = next(p for p in (shared_data / "ct_volumes").iterdir() if p.is_dir())
+    script = (
+        "import sys, json, io\n"
+        "from dicom_node.classify import run_classify\n"
+        "out = io.StringIO()\n"
+        f"code = run_classify([__import__('pathlib').Path({str(series)!r})], 'ct', True, None,"
+        " out, sys.stderr)\n"
+        "print(json.dumps({'code': code, 'tf': 'tensorflow' in sys.modules,"
+        " 'result': json.loads(out.getvalue())}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["code"] == 0 and report["tf"] is False
+    result = report["result"]
+    assert result["ct_category"] == result["label"]
+    assert result["ct_category"] in {"typical", "indeterminate", "atypical", "negative"}
+    assert 2500 <= result["lung_volume_ml"] <= 8000
+    assert set(result["features"]) >= {"bilateral", "peripheral_share_percent", "foci"}

@@ -1,9 +1,7 @@
-"""The CT pipeline end to end on a phantom with a small real Keras slice classifier.
+"""The CT pipeline end to end on a phantom, through the registry like the node loads it.
 
-The classifier is an untrained (seeded) Keras model saved as a model artefact with a card and
-checksum, loaded through ``CtPipeline.load`` exactly like the shipped one; its probabilities
-are real model outputs, just meaningless.  The outputs (SR, SEG, key-image SCs) are checked for
-content, references and determinism (``dciodvfy`` conformance: ``tests/integration``).
+The outputs (SR, SEG, key-image and coronal-overview SCs) are checked for content, references
+and determinism (``dciodvfy`` conformance: ``tests/integration``).
 """
 
 from __future__ import annotations
@@ -20,18 +18,12 @@ import pytest
 from pydicom import Dataset
 
 from dicom_node.domain import CtFinding, OutputContext
-from dicom_node.errors import NotAnalysable, PipelineError
-from dicom_node.outputs.readers import read_ct_report
+from dicom_node.errors import NotAnalysable
+from dicom_node.outputs.codes import CT_CATEGORY_VALUES
+from dicom_node.outputs.readers import read_ct_assessment, read_ct_report
 from dicom_node.outputs.seg import label_map, upsample
-from dicom_node.pipelines.ct import (
-    MAX_CLASSIFIED_SLICES,
-    CtPipeline,
-    aggregate_probability,
-    classification_slices,
-    key_slices,
-)
+from dicom_node.pipelines.ct import CtPipeline, key_slices
 from dicom_node.registry import LoadedPipeline, PipelineRegistry
-from tests.support.models import write_tiny_ct_classifier
 from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
 from tests.support.synthetic.phantom import Ellipsoid
 
@@ -41,13 +33,9 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_ct_classifier(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="module")
-def loaded(models_dir: Path) -> LoadedPipeline:
-    return PipelineRegistry(models_dir).get("ct")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> LoadedPipeline:
+    # An empty models directory: the CT assessment needs no model file.
+    return PipelineRegistry(tmp_path_factory.mktemp("models")).get("ct")
 
 
 @pytest.fixture(scope="module")
@@ -82,14 +70,19 @@ def test_summary_has_the_classify_fields(
     summary = pipeline.summarise(finding)
     json.dumps(summary)  # JSON-able for the job log and classify --json
     for key in (
-        "covid_probability",
+        "ct_category",
+        "features",
+        "reasons",
         "involvement_percent",
         "lung_volume_ml",
         "lesion_volume_ml",
         "severity_score",
     ):
         assert key in summary
-    assert 0.0 <= summary["covid_probability"] <= 1.0
+    assert summary["ct_category"] == summary["label"] == finding.assessment.category.value
+    assert summary["features"]["involvement_percent"] == pytest.approx(
+        summary["involvement_percent"], abs=0.01
+    )
     assert summary["pipeline"] == "ct"
     assert summary["right_lung"]["lung_volume_ml"] + summary["left_lung"]["lung_volume_ml"] == (
         pytest.approx(summary["lung_volume_ml"], abs=0.2)
@@ -98,35 +91,6 @@ def test_summary_has_the_classify_fields(
     assert abs(summary["involvement_percent"] - truth.involvement_percent) <= 2.0
     assert summary["severity_score"] == sum(r["score"] for r in summary["severity_regions"])
     assert len(summary["severity_regions"]) == 5
-
-
-def test_study_probability_aggregates_classified_lung_slices(finding: CtFinding) -> None:
-    assert 0 < len(finding.classified_slices) <= MAX_CLASSIFIED_SLICES
-    for k in finding.classified_slices:
-        assert np.any(finding.lungs[k] > 0)
-    assert finding.covid_probability == pytest.approx(
-        aggregate_probability(np.array(finding.slice_probabilities))
-    )
-    assert min(finding.slice_probabilities) <= finding.covid_probability
-    assert finding.covid_probability <= max(finding.slice_probabilities)
-
-
-def test_aggregation_is_the_mean_of_the_top_quarter() -> None:
-    assert aggregate_probability(np.array([0.9, 0.1, 0.2, 0.3])) == pytest.approx(0.9)
-    probabilities = np.array([0.8, 0.6, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1])
-    assert aggregate_probability(probabilities) == pytest.approx(0.7)
-    with pytest.raises(PipelineError):
-        aggregate_probability(np.array([]))
-
-
-def test_classification_slices_are_bounded_and_spread() -> None:
-    lungs = np.zeros((300, 8, 8), dtype=np.uint8)
-    lungs[40:260, 2:6, 2:6] = 1
-    lungs[30:40, 3:4, 3:4] = 1  # apex sliver: too small to classify
-    chosen = classification_slices(lungs)
-    assert len(chosen) == MAX_CLASSIFIED_SLICES
-    assert chosen.min() == 40 and chosen.max() == 259
-    assert np.all(np.diff(chosen) > 0)
 
 
 def test_key_slices_take_the_largest_lesion_burden_apart() -> None:
@@ -144,7 +108,9 @@ def test_outputs_are_sr_seg_and_key_images_in_new_series(
 ) -> None:
     sr, seg, *scs = outputs
     assert sr.SOPClassUID == SR_CLASS and seg.SOPClassUID == SEG_CLASS
-    assert [sc.SOPClassUID for sc in scs] == [SC_CLASS] * len(finding.key_slices) == [SC_CLASS] * 3
+    # The key images, then the coronal overview.
+    assert [sc.SOPClassUID for sc in scs] == [SC_CLASS] * (len(finding.key_slices) + 1)
+    assert len(finding.key_slices) == 3
     source_series = sources[0].SeriesInstanceUID
     series = {sr.SeriesInstanceUID, seg.SeriesInstanceUID, scs[0].SeriesInstanceUID}
     assert len(series) == 3 and source_series not in series
@@ -164,7 +130,16 @@ def test_sr_carries_the_measurements(
     report = read_ct_report(outputs[0])
     q = finding.quantification
     study = report["CT COVID-19 assessment (AI, unverified)"]
-    assert study["Probability of COVID-19"] == pytest.approx(finding.covid_probability, abs=1e-5)
+    features = finding.assessment.features
+    evaluations = read_ct_assessment(outputs[0])
+    category = CT_CATEGORY_VALUES[finding.assessment.category.value].meaning
+    assert evaluations["RSNA COVID-19 CT category"] == category
+    assert evaluations["Bilateral involvement"] == ("Yes" if features.bilateral else "No")
+    assert study["Lesion share in the outer third of the lung"] == pytest.approx(
+        features.peripheral_share_percent, abs=0.01
+    )
+    assert study["GGO/consolidation foci of 1 mL or more"] == features.foci
+    assert study["Compact solid lesions (nodule or mass), not counted"] == features.focal_lesions
     assert study["CT severity score 0-25 (zones approximating lobes)"] == q.severity_score
     assert study["Lung volume"] == pytest.approx(q.total.lung_ml, abs=0.01)
     assert study["Lesion volume (GGO and consolidation)"] == pytest.approx(
@@ -220,8 +195,18 @@ def test_seg_frames_reference_their_slices_and_hold_the_masks(
     assert ggo_ml == pytest.approx(finding.quantification.total.ggo_ml, rel=1e-6)
 
 
+def test_coronal_overview_outlines_the_lungs(outputs: list[Dataset], finding: CtFinding) -> None:
+    overview = outputs[-1]
+    pixels = overview.pixel_array
+    assert list(overview.PatientOrientation) == ["L", "F"]
+    cyan = (pixels[..., 0] < 40) & (pixels[..., 1] > 215) & (pixels[..., 2] > 215)
+    assert np.count_nonzero(cyan) > 200
+    # True aspect: 48 slices of 6.25 mm (300 mm) against 128 columns of 2.66 mm (340 mm).
+    assert pixels.shape[0] / pixels.shape[1] == pytest.approx(300 / 340, rel=0.05)
+
+
 def test_key_images_show_tinted_lesions(outputs: list[Dataset], finding: CtFinding) -> None:
-    for sc in outputs[2:]:
+    for sc in outputs[2:-1]:
         pixels = sc.pixel_array
         assert pixels.ndim == 3 and pixels.shape[2] == 3
         assert min(pixels.shape[:2]) >= 512  # small matrices enlarged for the burned-in text

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.model_store import find_artefact, verify_checksums
+from dicom_node.model_store import verify_checksums
 from training.data import read_manifest, sample_weights
 from training.evaluate import (
     expected_calibration_error,
@@ -84,38 +84,6 @@ def test_tiny_compact_xray_training_run_is_loaded_by_the_node(
     image = finding.images[0]
     assert image.heatmap.shape == (ds.Rows, ds.Columns)
     assert sum(image.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-
-
-def test_tiny_ct_training_run_is_loaded_by_the_slice_classifier(
-    shared_data: Path, tmp_path: Path
-) -> None:
-    from dicom_node.pipelines.ct_slice_classifier import CtSliceClassifier
-    from training.train_ct import main
-
-    out = tmp_path / "ct_slice_classifier" / "0.0.1"
-    xray = find_artefact("xray_classifier", version="1.0.0").weights_path  # the compact CNN
-    extra = ["--ensemble", "2", "--init-from", str(xray), "--augment", "light"]
-    assert (
-        main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY, *extra])
-        == 0
-    )
-    card = _check_run(out, ["covid", "noncovid"])
-    # Two seeds averaged in one model, both started from the shipped X-ray model's layers.
-    ensemble = card["training"]["ensemble"]
-    assert ensemble["members"] == 2 and [m["seed"] for m in ensemble["seeds"]] == [42, 43]
-    assert (out / "history_seed43.csv").is_file() and (out / "training_curves_seed43.png").is_file()
-    assert "initialised from" in card["architecture"]["weights_provenance"]
-    assert card["training"]["augmentation"]["rectangles"] == 0
-    (target,) = card["targets"]  # the bar, reported met or not
-    assert target["split"] == "test" and target["met"] == (target["value"] >= target["minimum"])
-    assert "Quality targets" in (out / "model_card.md").read_text()
-    dicom_eval = next(iter(card["extra_evaluations"].values()))["results"]
-    assert dicom_eval["all"]["n"] == 48
-
-    classifier = CtSliceClassifier.load(models_dir=tmp_path)
-    assert find_artefact("ct_slice_classifier", models_dir=tmp_path).version == "0.0.1"
-    p = classifier.predict_hu_slices(np.full((3, 64, 64), -800.0))
-    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
 
 
 def test_sample_weights_balance_classes_and_sources(shared_data: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pydicom
 
 from dicom_node.domain import ModelInfo, OutputContext
@@ -17,18 +16,6 @@ from tests.support.synthetic import write_phantom_series
 
 TYPE2 = ("PatientName", "PatientID", *TYPE2_ATTRIBUTES)
 MODEL = ModelInfo(name="test_model", version="0.0.1", classes=("covid", "normal", "pneumonia_bac"))
-
-
-class ConstantClassifier:
-    """A slice classifier that needs no TensorFlow: every slice gets the same probability."""
-
-    model_info = ModelInfo(name="constant", version="0.0.1", classes=("covid", "noncovid"))
-
-    def predict_hu_slices(self, hu: np.ndarray) -> np.ndarray:
-        return np.full(len(hu), 0.25)
-
-    def warm_up(self) -> None:
-        pass
 
 
 def strip(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -52,7 +39,7 @@ def test_an_anonymised_radiograph_gets_its_sr_and_sc() -> None:
 def test_an_anonymised_ct_series_gets_its_sr_seg_and_key_images(tmp_path: Path) -> None:
     series = write_phantom_series(tmp_path, n_slices=40, size=96, seed=3)
     sources = [strip(pydicom.dcmread(path)) for path in series.files]
-    pipeline = CtPipeline(ConstantClassifier())
+    pipeline = CtPipeline()
     finding = pipeline.run(sources)
     outputs = build_ct_outputs(finding, sources, OutputContext(), pipeline.model_info)
     modalities = [ds.Modality for ds in outputs]
@@ -71,3 +58,18 @@ def test_malformed_demographics_are_emptied_in_the_outputs_not_fatal() -> None:
     for ds in outputs:
         assert not ds.PatientBirthDate and not ds.PatientSex
     assert source.PatientSex == "m"  # the source is not changed
+
+
+def test_an_incomplete_referenced_study_sequence_is_not_copied(tmp_path: Path) -> None:
+    # Real anonymised series (TCIA Lung-PET-CT-Dx) carry Referenced Study Sequence items
+    # without a SOP Class UID; copied as they are, they make the SR and SEG non-conformant.
+    series = write_phantom_series(tmp_path, n_slices=40, size=96, seed=3)
+    sources = [pydicom.dcmread(path) for path in series.files]
+    for ds in sources:
+        item = pydicom.Dataset()
+        item.ReferencedSOPInstanceUID = "1.2.3.4"
+        ds.ReferencedStudySequence = [item]
+    pipeline = CtPipeline()
+    outputs = build_ct_outputs(pipeline.run(sources), sources, OutputContext(), pipeline.model_info)
+    assert all("ReferencedStudySequence" not in ds for ds in outputs)
+    assert all("ReferencedStudySequence" in ds for ds in sources)  # the sources are not changed

@@ -35,7 +35,7 @@ def test_lesions_have_known_volume_and_some_cross_the_pleura() -> None:
     balls = phantom.balls
     assert {b.kind for b in balls} == {"ggo", "consolidation"}
     assert sum(b.pleural for b in balls) >= 2
-    full = sum(4 / 3 * math.pi * b.radius**3 for b in balls) / 1000
+    full = sum(4 / 3 * math.pi * b.outer_radius**3 for b in balls) / 1000
     # Subpleural balls are clipped to the lung, so the truth is below the full balls' volume.
     assert 0.5 * full < truth.total.lesion_ml < full
     labels, side = phantom.render_labels(0, phantom.n_slices)

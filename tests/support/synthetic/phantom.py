@@ -18,25 +18,34 @@ import numpy as np
 from scipy import ndimage
 
 # Labels of the rendered phantom.
-OUTSIDE, FAT, SOFT, BONE, LUNG, AIRWAY, VESSEL, GGO, CONSOLIDATION = range(9)
+OUTSIDE, FAT, SOFT, BONE, LUNG, AIRWAY, VESSEL, GGO, CONSOLIDATION, MASS = range(10)
 
 # Mean Hounsfield units per label (unenhanced CT).
-LABEL_HU = np.array([-1000, -100, 40, 500, -850, -1000, 40, -550, -30], dtype=np.float32)
+LABEL_HU = np.array([-1000, -100, 40, 500, -850, -1000, 40, -550, -30, 35], dtype=np.float32)
 
 # Side codes of the lung map.
 RIGHT, LEFT = 1, 2
 
-LesionKind = Literal["ggo", "consolidation"]
+LesionKind = Literal["ggo", "consolidation", "mass"]
 
 
 @dataclass(frozen=True)
 class Ball:
-    """A lesion: a ball clipped to the lung it lies in; ``pleural`` ones cross the lung surface."""
+    """A lesion: a ball clipped to the lung it lies in; ``pleural`` ones cross the lung surface.
+
+    ``halo`` (mm): a ground-glass shell around the ball, as around COVID-19 consolidation.  A
+    ``mass`` is a solid tumour-like ball (soft-tissue HU): not GGO or consolidation.
+    """
 
     center: tuple[float, float, float]
     radius: float
     kind: LesionKind
     pleural: bool = False
+    halo: float = 0.0
+
+    @property
+    def outer_radius(self) -> float:
+        return self.radius + self.halo
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,7 @@ class LungTruth:
     lung_ml: float
     ggo_ml: float
     consolidation_ml: float
+    mass_ml: float = 0.0
 
     @property
     def lesion_ml(self) -> float:
@@ -83,6 +93,7 @@ class PhantomTruth:
             lung_ml=self.right.lung_ml + self.left.lung_ml,
             ggo_ml=self.right.ggo_ml + self.left.ggo_ml,
             consolidation_ml=self.right.consolidation_ml + self.left.consolidation_ml,
+            mass_ml=self.right.mass_ml + self.left.mass_ml,
         )
 
 
@@ -177,17 +188,20 @@ class Phantom:
             box, mask = _tube_mask(tube, tube.radius, coords, self)
             if mask is not None:
                 labels[box][mask] = AIRWAY
+        kinds = {"ggo": GGO, "consolidation": CONSOLIDATION, "mass": MASS}
         for ball in self.balls:
-            box, mask = _ball_mask(ball, coords, self)
-            if mask is not None:
-                sub = labels[box]
-                sub[mask & (side[box] > 0) & ((sub == LUNG) | (sub == VESSEL))] = (
-                    GGO if ball.kind == "ggo" else CONSOLIDATION
-                )
+            layers = [(ball.outer_radius, GGO)] if ball.halo > 0 else []
+            for radius, label in [*layers, (ball.radius, kinds[ball.kind])]:
+                shape = Ball(ball.center, radius, ball.kind)
+                box, mask = _ball_mask(shape, coords, self)
+                if mask is not None:
+                    sub = labels[box]
+                    open_lung = (sub == LUNG) | (sub == VESSEL) | (sub == GGO)
+                    sub[mask & (side[box] > 0) & open_lung] = label
         return labels, side
 
     def truth(self, chunk: int = 32) -> PhantomTruth:
-        counts = np.zeros((3, 9), dtype=np.int64)
+        counts = np.zeros((3, 10), dtype=np.int64)
         for k0 in range(0, self.n_slices, chunk):
             labels, side = self.render_labels(k0, min(self.n_slices, k0 + chunk))
             np.add.at(counts, (side.ravel(), labels.ravel()), 1)
@@ -204,6 +218,7 @@ def truth_from_counts(counts: np.ndarray, voxel_ml: float) -> PhantomTruth:
             lung_ml=lung_voxels * voxel_ml,
             ggo_ml=int(row[GGO]) * voxel_ml,
             consolidation_ml=int(row[CONSOLIDATION]) * voxel_ml,
+            mass_ml=int(row[MASS]) * voxel_ml,
         )
 
     return PhantomTruth(right=lung(RIGHT), left=lung(LEFT), voxel_ml=voxel_ml)
@@ -273,6 +288,9 @@ def make_phantom(
     noise_hu: float = 20.0,
     blur_px: float = 0.5,
     seed: int = 0,
+    n_mass: int = 0,
+    ggo_radius: tuple[float, float] = (10.0, 25.0),
+    halo_fraction: float = 0.6,
 ) -> Phantom:
     """An adult-sized chest phantom.
 
@@ -322,7 +340,7 @@ def make_phantom(
 
     balls: list[Ball] = []
     Plan = tuple[LesionKind, bool, tuple[float, float]]
-    ggo: Plan = ("ggo", False, (10.0, 25.0))
+    ggo: Plan = ("ggo", False, ggo_radius)
     dense: Plan = ("consolidation", False, (8.0, 18.0))
     subpleural: tuple[Plan, Plan] = (
         ("consolidation", True, (12.0, 20.0)),
@@ -330,13 +348,16 @@ def make_phantom(
     )
     plan = [ggo] * n_ggo + [dense] * n_consolidation
     plan += [subpleural[i % 2] for i in range(n_pleural)]
+    plan += [("mass", False, (12.0, 20.0))] * n_mass
     for i, (kind, pleural, (rmin, rmax)) in enumerate(plan):
         lung = (right, left)[i % 2]
         for _attempt in range(200):
             radius = float(rng.uniform(rmin, rmax))
-            center = _lesion_centre(lung, radius, pleural, rng)
-            if _clear(center, radius, balls, airway):
-                balls.append(Ball(center, radius, kind, pleural))
+            # Consolidation sits in ground glass, as in COVID-19 pneumonia.
+            halo = max(5.0, halo_fraction * radius) if kind == "consolidation" else 0.0
+            center = _lesion_centre(lung, radius + halo, pleural, rng)
+            if _clear(center, radius + halo, balls, airway):
+                balls.append(Ball(center, radius, kind, pleural, halo))
                 break
 
     return Phantom(
@@ -397,7 +418,7 @@ def _clear(
 ) -> bool:
     c = np.array(center)
     for other in balls:
-        if np.linalg.norm(c - np.array(other.center)) < radius + other.radius + 2.0:
+        if np.linalg.norm(c - np.array(other.center)) < radius + other.outer_radius + 2.0:
             return False
     for tube in airway:
         a, b = np.array(tube.start), np.array(tube.end)

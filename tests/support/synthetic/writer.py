@@ -70,7 +70,7 @@ def write_phantom_series(
         order = np.random.default_rng(phantom.seed + 1).permutation(phantom.n_slices)
     template = _template(phantom, study_uid, series_uid, frame_uid, series_number, signed_pixels)
 
-    counts = np.zeros((3, 9), dtype=np.int64)
+    counts = np.zeros((3, 10), dtype=np.int64)
     files: list[Path] = []
     for k0, hu, labels, side in phantom.chunks(chunk):
         np.add.at(counts, (side.ravel(), labels.ravel()), 1)
