@@ -32,6 +32,7 @@ from PIL import Image
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from scipy import ndimage
 
 from dicom_node import RESEARCH_NOTICE
 from dicom_node.domain import CONSOLIDATION as CONSOLIDATION_LABEL
@@ -349,7 +350,7 @@ def render_coronal_overview(finding: CtFinding, model: ModelInfo) -> np.ndarray:
     rgb = render.tint_mask(rgb, lesions == GGO_LABEL, GGO_COLOUR)
     rgb = render.tint_mask(rgb, lesions == CONSOLIDATION_LABEL, CONSOLIDATION_COLOUR)
     rgb = render.tint_mask(rgb, lesions == FOCAL_LABEL, FOCAL_COLOUR)
-    edge = (lungs > 0) & ~_eroded(lungs > 0)
+    edge = (lungs > 0) & ~ndimage.binary_erosion(lungs > 0, border_value=1)
     rgb[edge] = render.LUNG_OUTLINE_COLOUR
     aspect = finding.slice_spacing_mm / max(finding.column_spacing_mm, 1e-6)
     width = max(MIN_KEY_IMAGE_SIDE, rgb.shape[1])
@@ -365,15 +366,6 @@ def render_coronal_overview(finding: CtFinding, model: ModelInfo) -> np.ndarray:
     ]
     bottom = [RESEARCH_NOTICE, "Cyan: lungs; yellow GGO, red consolidation, blue nodule/mass"]
     return render.burn_in_text(picture, top, bottom)
-
-
-def _eroded(mask: np.ndarray) -> np.ndarray:
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return inner
 
 
 def patient_orientation(ds: Dataset) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from scipy import ndimage
 
 from dicom_node.domain import CONSOLIDATION, FOCAL, GGO, NO_LESION, FocalLesion
 from dicom_node.pipelines.ct_lungs import costal_sector, midline_x, xy_planes
+from dicom_node.pipelines.ct_quant import dilate_box
 from dicom_node.pipelines.ct_series import CtVolume
 
 FOCAL_CORE_RADIUS_MM = 5.0  # the solid core is at least 10 mm across
@@ -71,7 +72,7 @@ def separate_focal_lesions(
             continue
         window = _pad(where, shell_px, components.shape)
         mask = components[window] == c
-        shell = _dilate_in_plane(mask, shell_px) & ~mask
+        shell = dilate_box(mask, shell_px) & ~mask
         lung_shell = shell & (lung_labels[window] > 0)
         in_lung = float(np.mean(lung_labels[window][shell] > 0)) if shell.any() else 0.0
         ggo_share = float(np.mean(sub[window][lung_shell] == GGO)) if lung_shell.any() else 0.0
@@ -88,7 +89,7 @@ def separate_focal_lesions(
 
     if vessels:
         tree = np.isin(components, vessels)
-        rim = _dilate_in_plane(tree, (0, 1, 1)) & (sub == GGO)
+        rim = dilate_box(tree, (0, 1, 1)) & (sub == GGO)
         sub[tree | rim] = NO_LESION
     found: list[FocalLesion] = []
     dz = volume.spacing[0]
@@ -100,7 +101,7 @@ def separate_focal_lesions(
     for c in focal:
         solid = components == c
         found.append(_describe(volume, solid, lung_labels, box[0].start))
-        near = _dilate_in_plane(solid, halo_px, through_slices=True)
+        near = dilate_box(solid, halo_px)
         sub[solid | (near & (sub == GGO))] = FOCAL
     return tuple(sorted(found, key=lambda lesion: -lesion.volume_ml))
 
@@ -143,7 +144,7 @@ def _medial_band(
         eroded = ndimage.minimum_filter(lung.view(np.uint8), size=(1, 3, 3), mode="nearest")
         band |= lung & (eroded == 0) & ~costal_sector(lung, x, y, midline)
     steps = max(1, round(MEDIAL_BAND_MM / dy))
-    return np.asarray(_dilate_in_plane(band, (0, steps, steps)) & (lung_labels > 0))
+    return np.asarray(dilate_box(band, (0, steps, steps)) & (lung_labels > 0))
 
 
 def _square_opening(mask: np.ndarray, radius_mm: float, dy: float, dx: float) -> np.ndarray:
@@ -153,17 +154,6 @@ def _square_opening(mask: np.ndarray, radius_mm: float, dy: float, dx: float) ->
     size = (1, max(1, round(side / dy)), max(1, round(side / dx)))
     eroded = ndimage.minimum_filter(mask.view(np.uint8), size=size, mode="constant", cval=0)
     return np.asarray(ndimage.maximum_filter(eroded, size=size, mode="constant", cval=0) > 0)
-
-
-def _dilate_in_plane(
-    mask: np.ndarray, radius_px: tuple[int, int, int], through_slices: bool = False
-) -> np.ndarray:
-    size = (
-        2 * radius_px[0] + 1 if through_slices else 1,
-        2 * radius_px[1] + 1,
-        2 * radius_px[2] + 1,
-    )
-    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant") > 0)
 
 
 def _pad(

@@ -90,11 +90,11 @@ def segment_lesions(volume: CtVolume, lungs: np.ndarray) -> np.ndarray:
     thin = dense & ~thick
     consolidation = thick & (hu <= CONSOLIDATION_HU[1])
     # Dense pixels the opening shaved off a consolidation's border are its edge, not a vessel.
-    edge = thin & _grow_box(consolidation)
+    edge = thin & dilate_box(consolidation, (0, 1, 1))
     consolidation |= edge & (hu <= CONSOLIDATION_HU[1])
     thin &= ~edge
-    near_thin = _grow_box(thin)
-    near_consolidation = _grow_box(consolidation)
+    near_thin = dilate_box(thin, (0, 1, 1))
+    near_consolidation = dilate_box(consolidation, (0, 1, 1))
     ggo = inner & (hu >= GGO_HU[0]) & (hu < GGO_HU[1]) & ~near_thin
     ggo &= ~(near_consolidation & (hu < CONSOLIDATION_RIM_HU))
     # Opened with a disc: GGO patches narrower than ~5 mm are the partial-volume halo of
@@ -116,9 +116,11 @@ def segment_lesions(volume: CtVolume, lungs: np.ndarray) -> np.ndarray:
     return lesions
 
 
-def _grow_box(mask: np.ndarray) -> np.ndarray:
-    """One-pixel in-plane dilation by the 3x3 box (as separable max filters: fast)."""
-    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=(1, 3, 3)) > 0)
+def dilate_box(mask: np.ndarray, radius_px: tuple[int, int, int]) -> np.ndarray:
+    """Dilation by the box of ``2 r + 1`` voxels per axis (``r = 0``: that axis untouched),
+    as separable max filters: cost independent of the box size."""
+    size = tuple(2 * r + 1 for r in radius_px)
+    return np.asarray(ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant") > 0)
 
 
 def disc(radius_mm: float, dy: float, dx: float) -> np.ndarray:
