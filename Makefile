@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,train,dev
 
-.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-compact ct-pictures clean
+.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-severity train-xray-compact ct-pictures clean
 
 install: $(VENV)/.installed
 
@@ -46,6 +46,10 @@ train-lungseg: install
 
 train-xray: install
 	$(PY) -m training.train_xray --out models/xray_classifier/2.0.0
+
+# The severity head reads the shipped classifier's features: it runs after train-xray.
+train-xray-severity: install
+	$(PY) -m training.train_xray_severity --out models/xray_severity/1.0.0
 
 # The previous default (compact CNN on the whole image), kept for comparison.
 train-xray-compact: install

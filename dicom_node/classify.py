@@ -9,7 +9,9 @@ guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else 
   and, in source-image pixels (x = column, y = row): ``region``, the hot-region polygon
   ``[[x, y], ...]`` (on the lung fields), ``lung_box`` ``[x0, y0, x1, y1]`` (x1, y1 exclusive),
   ``heat_in_lungs`` (share of the heatmap on the lungs) and ``triage_suspicion`` (the label
-  rule chose a class that is not the most probable one).  An image that is no frontal chest
+  rule chose a class that is not the most probable one); with a severity model,
+  ``geographic_extent`` (0-8), ``opacity`` (0-6), ``severity_level`` (0-3) and ``severity``
+  (its name), see :mod:`dicom_node.pipelines.xray_severity`.  An image that is no frontal chest
   radiograph the model can read (no plausible lung fields, unlike the training images, a
   lateral view, a CT) gives ``{"not_analysable": "<reason>", "label": null, ...}``: an
   answer, not an error.
@@ -42,6 +44,7 @@ from dicom_node.errors import (
     PipelineError,
     PreprocessingError,
 )
+from dicom_node.pipelines.xray_severity import severity_record
 from dicom_node.preprocessing import LoadedImage, read_image
 from dicom_node.registry import PipelineRegistry
 
@@ -118,6 +121,7 @@ def _xray_record(finding: Any, model: Any) -> dict[str, Any]:
         if lung_box is None
         else [lung_box[2], lung_box[0], lung_box[3], lung_box[1]],
         "heat_in_lungs": None if finding.heat_in_lungs is None else round(finding.heat_in_lungs, 4),
+        **severity_record(finding.severity),
         "model": _model_record(model),
     }
 
@@ -288,4 +292,9 @@ def _text_line(result: dict[str, Any]) -> str:
     label = result.get("label", "?")
     if result.get("triage_suspicion"):
         label = f"{label} suspected (triage threshold)"
+    if "severity_level" in result:
+        detail += (
+            f"; severity level {result['severity_level']} {result['severity']}, extent "
+            f"{result['geographic_extent']:.1f}/8, opacity {result['opacity']:.1f}/6"
+        )
     return f"{result['path']}: {label} ({detail}) [{result['pipeline']}]{extra}"

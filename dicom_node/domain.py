@@ -48,6 +48,31 @@ XRAY_CLASSES: tuple[str, ...] = ("covid", "normal", "pneumonia_bac")
 
 Box = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open, source pixels
 
+# COVID-19 severity levels from the geographic extent score (see ``XraySeverity``).
+SEVERITY_LEVEL_NAMES: tuple[str, ...] = ("none or minimal", "mild", "moderate", "severe")
+
+
+@dataclass(frozen=True)
+class XraySeverity:
+    """COVID-19 pneumonia severity scores of one frontal radiograph, as predicted.
+
+    The scores of Cohen et al. (Cureus 2020), as rated on the ieee8023 collection:
+    ``geographic_extent`` 0-8 (per lung 0-4: none, <25 %, 25-50 %, 50-75 %, >75 % of the lung
+    involved by ground glass or consolidation) and ``opacity`` 0-6 (per lung 0-3).  They are the
+    expected scores: the regressor's scores given disease times the classifier's probability
+    that the radiograph is not normal, so normal radiographs score near 0.  ``level``
+    (0 none or minimal, 1 mild, 2 moderate, 3 severe) comes from the extent with the model
+    card's thresholds.
+    """
+
+    geographic_extent: float
+    opacity: float
+    level: int
+
+    @property
+    def level_name(self) -> str:
+        return SEVERITY_LEVEL_NAMES[self.level]
+
 
 @dataclass(frozen=True)
 class XrayImageFinding:
@@ -66,6 +91,8 @@ class XrayImageFinding:
     ``heat_in_lungs`` (share of the heatmap on the lung mask, in [0, 1]); whole-image models
     leave them None (``crop_box`` None means the whole image).
 
+    ``severity``: the COVID-19 severity scores (models with a severity head).
+
     ``triage_suspicion``: the label rule (argmax of probability x weight, fitted for COVID-19
     sensitivity) chose COVID-19 although it is not the most probable class, so the label is a
     suspicion at a triage threshold rather than the model's best guess.
@@ -83,6 +110,7 @@ class XrayImageFinding:
     crop_box: Box | None = None
     heat_in_lungs: float | None = None
     triage_suspicion: bool = False
+    severity: XraySeverity | None = None  # None: no severity model for this classifier
 
     @property
     def top_class(self) -> str:

@@ -235,6 +235,74 @@ class ModelCard:
         return cast(dict[str, Any], _dump(self))
 
 
+# -- the X-ray severity head (``models/xray_severity/<version>/``) -------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeverityFeatures:
+    """What the severity head reads: a classifier's pooled features, plus lung statistics."""
+
+    model: str  # the classifier artefact whose features these are
+    version: str  # exactly this version: other weights give other features
+    layer: str  # the pooled feature map (the classifier's Grad-CAM layer)
+    lung_statistics: bool = True  # ``xray_severity.lung_intensity_statistics`` appended
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeverityScore:
+    name: str  # "geographic_extent", "opacity"
+    minimum: float
+    maximum: float
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeverityLevels:
+    """Level k (1, 2, 3) from ``thresholds[k-1]`` of ``score`` up; level 0 below the first."""
+
+    score: str = "geographic_extent"
+    thresholds: tuple[float, float, float]
+    names: tuple[str, str, str, str] = ("none or minimal", "mild", "moderate", "severe")
+    rationale: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeverityCard:
+    """``model_card.json`` of a severity head: a linear map from features to scores.
+
+    ``file`` (checksummed) holds ``weights`` (d, k) and ``bias`` (k,), one column per score:
+    the scores given disease are ``features @ weights + bias``, clipped to each score's range;
+    the reported (expected) scores are those times ``1 - p(gate_class)`` of the classifier.
+    """
+
+    name: str | None = None
+    version: str | None = None
+    title: str | None = None
+    created: str | None = None
+    research_use_only: bool | None = None
+    scores: tuple[SeverityScore, ...]
+    features: SeverityFeatures
+    file: str = "severity.npz"
+    gate_class: str | None = "normal"  # None: the scores given disease are reported as they are
+    levels: SeverityLevels
+    architecture: Architecture | None = None
+    training: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+    versions: Mapping[str, str] | None = None
+    metrics: Mapping[str, Any] | None = None
+    intended_use: str | None = None
+    limitations: tuple[str, ...] | None = None
+    targets: tuple[Target, ...] | None = None
+    plots: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SeverityCard:
+        return cast(SeverityCard, _parse_dataclass(cls, data, ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return cast(dict[str, Any], _dump(self))
+
+
 # -- JSON <-> dataclasses, driven by the field types above -----------------------------------
 
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dicom_node.errors import ModelStoreError
-from dicom_node.model_card import ModelCard
+from dicom_node.model_card import ModelCard, SeverityCard
 
+CardT = TypeVar("CardT")
 WEIGHTS_FILE = "model.keras"
 CARD_FILE = "model_card.json"
 CHECKSUM_FILE = "SHA256SUMS"
@@ -83,32 +85,60 @@ def _version_key(version: str) -> tuple[int | str, ...]:
     return tuple(int(part) if part.isdigit() else part for part in version.split("."))
 
 
-def find_artefact(
+def artefact_versions(name: str, models_dir: Path | None = None) -> list[str]:
+    """The versions of ``name`` that have a card, oldest first."""
+    root = (models_dir or default_models_dir()) / name
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if (p / CARD_FILE).is_file()), key=_version_key)
+
+
+def artefact_directory(
     name: str, version: str | None = None, models_dir: Path | None = None, verify: bool = True
-) -> ModelArtefact:
-    """Locate ``name`` (newest version unless ``version`` is given) and verify its checksum."""
+) -> Path:
+    """``<models>/<name>/<version>`` (newest version unless given), checksums verified."""
     root = (models_dir or default_models_dir()) / name
     if version is None:
-        versions = sorted(
-            (p.name for p in root.iterdir() if (p / CARD_FILE).is_file()) if root.is_dir() else [],
-            key=_version_key,
-        )
+        versions = artefact_versions(name, models_dir)
         if not versions:
             raise ModelStoreError(f"no model artefact found under {root}")
         version = versions[-1]
     directory = root / version
-    card_path = directory / CARD_FILE
-    if not card_path.is_file():
-        raise ModelStoreError(f"{card_path} is missing")
+    if not (directory / CARD_FILE).is_file():
+        raise ModelStoreError(f"{directory / CARD_FILE} is missing")
     if verify:
         verify_checksums(directory)
-    return ModelArtefact(name=name, version=version, directory=directory, card=read_card(card_path))
+    return directory
+
+
+def find_artefact(
+    name: str, version: str | None = None, models_dir: Path | None = None, verify: bool = True
+) -> ModelArtefact:
+    """Locate ``name`` (newest version unless ``version`` is given) and verify its checksum."""
+    directory = artefact_directory(name, version, models_dir, verify)
+    return ModelArtefact(
+        name=name,
+        version=directory.name,
+        directory=directory,
+        card=read_card(directory / CARD_FILE),
+    )
+
+
+def checksummed_files(directory: Path) -> set[str]:
+    """The file names ``SHA256SUMS`` lists (and ``find_artefact`` therefore verified)."""
+    sums = directory / CHECKSUM_FILE
+    lines = sums.read_text().splitlines() if sums.is_file() else []
+    return {line.split(maxsplit=1)[1].strip().lstrip("*") for line in lines if line.strip()}
 
 
 def read_card(path: Path) -> ModelCard:
     """``model_card.json`` parsed and validated; ModelStoreError names the file and the field."""
+    return _read(path, ModelCard.from_json)
+
+
+def _read(path: Path, parse: Callable[[Any], CardT]) -> CardT:
     try:
-        return ModelCard.from_json(json.loads(path.read_text()))
+        return parse(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise ModelStoreError(f"{path} is not valid JSON: {exc}") from exc
     except ModelStoreError as exc:
@@ -120,3 +150,8 @@ def load_keras_model(artefact: ModelArtefact) -> Any:
     import keras  # imported here: TensorFlow takes seconds to import
 
     return keras.models.load_model(artefact.weights_path, compile=False)
+
+
+def read_severity_card(path: Path) -> SeverityCard:
+    """A severity head's ``model_card.json`` (``dicom_node.pipelines.xray_severity``)."""
+    return _read(path, SeverityCard.from_json)

@@ -94,3 +94,15 @@ FOCAL_DIAMETER = _private("CT-FOCAL-DIAM", "Largest compact solid lesion diamete
 FOCAL_VOLUME = _private("CT-FOCAL-ML", "Compact solid lesion volume")
 UNIT_MM = CodedConcept("mm", "UCUM", "millimeter")
 UNIT_COUNT = CodedConcept("{count}", "UCUM", "count")
+
+# X-ray COVID-19 severity: the two scores of Cohen et al. (Cureus 2020) and the level made from
+# the extent (``dicom_node.pipelines.xray_severity``).
+GEOGRAPHIC_EXTENT = _private("CXR-GEO-EXTENT", "Geographic extent score 0-8")
+OPACITY_SCORE = _private("CXR-OPACITY", "Opacity score 0-6")
+SEVERITY_LEVEL = _private("CXR-SEV-LEVEL", "COVID-19 severity level")
+SEVERITY_LEVEL_VALUES: tuple[CodedConcept, ...] = (
+    _private("CXR-SEV-0", "Level 0: no or minimal involvement"),
+    _private("CXR-SEV-1", "Level 1: mild"),
+    _private("CXR-SEV-2", "Level 2: moderate"),
+    _private("CXR-SEV-3", "Level 3: severe"),
+)

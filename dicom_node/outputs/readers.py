@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import highdicom as hd
 from pydicom import Dataset
 
-from dicom_node.outputs.codes import FINDING_BY_CLASS
+from dicom_node.outputs.codes import (
+    FINDING_BY_CLASS,
+    GEOGRAPHIC_EXTENT,
+    OPACITY_SCORE,
+    SEVERITY_LEVEL,
+    SEVERITY_LEVEL_VALUES,
+)
 from dicom_node.outputs.common import MeasurementGroup
 
 
@@ -19,6 +25,9 @@ class XrayReportImage:
     region_type: str
     region_points: int
     algorithm: str
+    geographic_extent: float | None = None
+    opacity: float | None = None
+    severity_level: int | None = None
 
 
 def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
@@ -28,10 +37,18 @@ def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
     class_by_code = {concept.value: key for key, concept in FINDING_BY_CLASS.items()}
     images = []
     for group in content.get_planar_roi_measurement_groups():
-        probabilities = {}
+        probabilities, scores = {}, {}
         for measurement in group.get_measurements():
-            key = str(measurement.name.value).removeprefix("P-").lower()
-            probabilities[key] = float(measurement.value)
+            code = str(measurement.name.value)
+            if code.startswith("P-"):
+                probabilities[code.removeprefix("P-").lower()] = float(measurement.value)
+            else:
+                scores[code] = float(measurement.value)
+        levels = [
+            SEVERITY_LEVEL_VALUES.index(item.value)
+            for item in group.get_qualitative_evaluations()
+            if item.name == SEVERITY_LEVEL
+        ]
         finding = group.finding_type
         roi = group.roi
         assert roi is not None
@@ -52,6 +69,9 @@ def read_xray_report(dataset: Dataset) -> list[XrayReportImage]:
                 region_type=str(roi.GraphicType),
                 region_points=len(roi.GraphicData) // 2,
                 algorithm=algorithm,
+                geographic_extent=scores.get(GEOGRAPHIC_EXTENT.value),
+                opacity=scores.get(OPACITY_SCORE.value),
+                severity_level=levels[0] if levels else None,
             )
         )
     return images

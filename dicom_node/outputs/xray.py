@@ -3,9 +3,11 @@
 The SR holds, per radiograph, a planar ROI measurement group whose image region is a closed
 POLYLINE around the Grad-CAM hot spot on the lung fields (OHIF draws SR groups only when they
 have a region), the predicted finding as the group's Finding, and each class probability as a
-numeric measurement.  The SC is the radiograph with the heatmap blended in, the lung fields
-and the hot region outlined, and the result and a research notice burned in, for people
-looking at images rather than reports.
+numeric measurement, and, with a severity model, the geographic extent and opacity scores
+(UCUM ``{score}``) and the severity level as a coded qualitative evaluation.  The SC is the
+radiograph with the heatmap blended in, the lung fields and the hot region outlined, and the
+result, the severity and a research notice burned in, for people looking at images rather
+than reports.
 
 A label the triage rule chose although it is not the most probable class
 (``triage_suspicion``) is said to be a suspicion everywhere: the SC caption and the SR's
@@ -25,14 +27,25 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node import RESEARCH_NOTICE
-from dicom_node.domain import ModelInfo, OutputContext, XrayFinding, XrayImageFinding
+from dicom_node.domain import (
+    ModelInfo,
+    OutputContext,
+    XrayFinding,
+    XrayImageFinding,
+    XraySeverity,
+)
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
     CLASS_DISPLAY_NAME,
     FINDING_BY_CLASS,
+    GEOGRAPHIC_EXTENT,
     LUNG,
+    OPACITY_SCORE,
     PROCEDURE_CHEST_XRAY,
+    SEVERITY_LEVEL,
+    SEVERITY_LEVEL_VALUES,
     UNIT_NONE,
+    UNIT_SCORE,
     probability_concept,
 )
 from dicom_node.outputs.common import (
@@ -62,6 +75,14 @@ def label_text(image: XrayImageFinding) -> str:
     return (
         f"{name} suspected (triage threshold; p={image.probabilities[image.label]:.2f}, "
         f"top: {CLASS_DISPLAY_NAME[top]} {image.probabilities[top]:.2f})"
+    )
+
+
+def severity_text(severity: XraySeverity) -> str:
+    """One line for the SC: both scores and the level."""
+    return (
+        f"Severity: level {severity.level} {severity.level_name} "
+        f"(extent {severity.geographic_extent:.1f}/8, opacity {severity.opacity:.1f}/6)"
     )
 
 
@@ -129,12 +150,25 @@ def _measurement_group(
         )
         for key in model.classes or tuple(image.probabilities)
     ]
-    # The finding stays the class's code; a triage label is qualified, not recoded.
-    certainty = (
-        [hd.sr.QualitativeEvaluation(name=CERTAINTY_OF_FINDING, value=SUSPECTED)]
-        if image.triage_suspicion
-        else None
-    )
+    evaluations = []
+    if image.triage_suspicion:
+        # The finding stays the class's code; a triage label is qualified, not recoded.
+        evaluations.append(hd.sr.QualitativeEvaluation(name=CERTAINTY_OF_FINDING, value=SUSPECTED))
+    severity = image.severity
+    if severity is not None:
+        measurements += [
+            hd.sr.Measurement(
+                name=GEOGRAPHIC_EXTENT, value=round(severity.geographic_extent, 2), unit=UNIT_SCORE
+            ),
+            hd.sr.Measurement(
+                name=OPACITY_SCORE, value=round(severity.opacity, 2), unit=UNIT_SCORE
+            ),
+        ]
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                name=SEVERITY_LEVEL, value=SEVERITY_LEVEL_VALUES[severity.level]
+            )
+        )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derive_uid("tracking", model.name, model.version, image.source_sop_instance_uid),
@@ -146,7 +180,7 @@ def _measurement_group(
         finding_sites=[hd.sr.FindingSite(anatomic_location=LUNG)],
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=certainty,
+        qualitative_evaluations=evaluations or None,
     )
 
 
@@ -199,6 +233,8 @@ def render_heatmap_image(image: XrayImageFinding, model: ModelInfo) -> np.ndarra
     ]
     if image.heat_in_lungs is not None:
         top.append(f"  heat on the lungs: {100 * image.heat_in_lungs:.0f}%")
+    if image.severity is not None:
+        top.append(severity_text(image.severity))
     bottom = [RESEARCH_NOTICE, f"{model.name} {model.version} - Grad-CAM, unverified"]
     if image.lung_outline:
         bottom.append("outlines: lung fields cyan, hot region yellow")

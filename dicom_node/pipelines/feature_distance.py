@@ -7,13 +7,11 @@ the card's threshold is not analysable.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from dicom_node.errors import PipelineError
 from dicom_node.model_card import OodSpec
-from dicom_node.model_store import CHECKSUM_FILE, ModelArtefact
+from dicom_node.model_store import CHECKSUM_FILE, ModelArtefact, checksummed_files
 
 
 class FeatureDistance:
@@ -34,7 +32,7 @@ class FeatureDistance:
     @classmethod
     def load(cls, artefact: ModelArtefact, spec: OodSpec) -> FeatureDistance:
         path = artefact.directory / spec.file
-        if spec.file not in _checksummed_files(artefact.directory):
+        if spec.file not in checksummed_files(artefact.directory):
             # find_artefact verifies only what SHA256SUMS lists: an unlisted file is unverified.
             raise PipelineError(f"{path} is not listed in {CHECKSUM_FILE}: refusing to use it")
         with np.load(path, allow_pickle=False) as data:
@@ -56,9 +54,3 @@ class FeatureDistance:
             f"image unlike the training radiographs (feature distance {distance:.1f} > "
             f"{self.spec.threshold:.1f})"
         )
-
-
-def _checksummed_files(directory: Path) -> set[str]:
-    sums = directory / CHECKSUM_FILE
-    lines = sums.read_text().splitlines() if sums.is_file() else []
-    return {line.split(maxsplit=1)[1].strip().lstrip("*") for line in lines if line.strip()}

@@ -9,7 +9,9 @@ others are cropped to their lung fields (``lung_crop_input``).  ``predict`` runs
 one batch through a compiled ``tf.function`` that returns temperature-scaled probabilities,
 Grad-CAM maps and the Grad-CAM layer's pooled features together.  ``postprocess`` refuses images
 whose features lie far from the training radiographs (cards with ``ood``), puts each map back
-into the source image and outlines its hottest region on the lungs for the SR.
+into the source image and outlines its hottest region on the lungs for the SR, and, where a
+severity head for this classifier is shipped (:mod:`dicom_node.pipelines.xray_severity`),
+gives each image its COVID-19 severity scores from the same features.
 
 A study none of whose images is analysable raises ``NotAnalysable`` (the job is ``ignored``
 with the reasons; ``PipelineError``, ``failed``, when one could not be decoded); otherwise the
@@ -35,6 +37,7 @@ from dicom_node.domain import (
     NotAnalysedImage,
     XrayFinding,
     XrayImageFinding,
+    XraySeverity,
 )
 from dicom_node.errors import NotAnalysable, PipelineError, PreprocessingError
 from dicom_node.lung_fields import LungFields
@@ -42,6 +45,7 @@ from dicom_node.model_card import LungCropSpec, OodSpec
 from dicom_node.model_store import ModelArtefact, find_artefact, load_keras_model
 from dicom_node.pipelines.base import Pipeline
 from dicom_node.pipelines.feature_distance import FeatureDistance
+from dicom_node.pipelines.xray_severity import SeverityHead, severity_record
 from dicom_node.preprocessing import (
     LoadedImage,
     dataset_to_display,
@@ -137,10 +141,15 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
     name: ClassVar[str] = "xray"
 
     def __init__(
-        self, artefact: ModelArtefact, model: Any, segmenter: Segmenter | None = None
+        self,
+        artefact: ModelArtefact,
+        model: Any,
+        segmenter: Segmenter | None = None,
+        severity: SeverityHead | None = None,
     ) -> None:
         """``segmenter``: the lung segmentation for cards with ``lung_crop`` (None: the one
-        shipped beside the artefact)."""
+        shipped beside the artefact); ``severity``: the COVID-19 severity head for this
+        classifier's features (None: no severity scores)."""
         card = artefact.card
         classes = card.classes
         if classes != XRAY_CLASSES:
@@ -154,7 +163,12 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
                 f"{card.input.function!r} does not fit lung_crop {card.lung_crop}"
             )
         self.artefact = artefact
-        self.model_info = ModelInfo(name=artefact.name, version=artefact.version, classes=classes)
+        # The severity head's version is part of the algorithm's (SR Algorithm Version, job
+        # log, output UIDs): adding or changing a head changes the results' content.
+        version = artefact.version
+        if severity is not None:
+            version = f"{version}+severity.{severity.card.version}"
+        self.model_info = ModelInfo(name=artefact.name, version=version, classes=classes)
         self.input_size = card.input.size
         self._percentiles = (float(card.input.percentiles[0]), float(card.input.percentiles[1]))
         self._margin = card.input.central_margin
@@ -171,6 +185,12 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         if card.lung_crop is not None:
             self.segmenter = segmenter or _load_segmenter(card.lung_crop, artefact)
         self.ood = self._feature_distance(artefact, card.ood)
+        if severity is not None and severity.feature_dimensions != self.cam.feature_channels:
+            raise PipelineError(
+                f"severity model reads {severity.feature_dimensions} features, layer "
+                f"{self.cam.layer_name!r} has {self.cam.feature_channels}"
+            )
+        self.severity = severity
 
     def _feature_distance(
         self, artefact: ModelArtefact, spec: OodSpec | None
@@ -192,13 +212,16 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
 
     @classmethod
     def load(cls, models_dir: Path | None = None, version: str | None = None) -> XrayPipeline:
-        """The shipped model (newest version unless given) and its lung segmentation,
-        checksum-verified.
+        """The shipped model (newest version unless given), its lung segmentation and its
+        severity head, checksum-verified.
 
         Each call loads the models again: keep the pipeline (``dicom_node.registry`` does).
         """
         artefact = find_artefact(MODEL_NAME, version=version, models_dir=models_dir)
-        return cls(artefact, load_keras_model(artefact))
+        severity = SeverityHead.for_classifier(
+            artefact.name, artefact.version, artefact.directory.parent.parent
+        )
+        return cls(artefact, load_keras_model(artefact), severity=severity)
 
     # -- the pipeline seam ----------------------------------------------------------------
 
@@ -322,17 +345,36 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         outcomes: dict[int, XrayImageFinding | RefusedImage] = {
             r.position: r for r in prepared.refused
         }
+        analysed = []
         for index, image in enumerate(prepared.images):
             reason = self._ood_reason(raw.features[index])
             if reason is not None:
                 outcomes[image.position] = RefusedImage(
                     image.position, image.source_sop_instance_uid, reason
                 )
-                continue
+            else:
+                analysed.append(index)
+        severities = self._severities(raw, prepared, analysed)
+        for index, severity in zip(analysed, severities, strict=True):
+            image = prepared.images[index]
             outcomes[image.position] = self._finding(
-                image, raw.probabilities[index], raw.cams[index]
+                image, raw.probabilities[index], raw.cams[index], severity
             )
         return [outcomes[position] for position in sorted(outcomes)]
+
+    def _severities(
+        self, raw: gradcam.CamResult, prepared: PreparedXray, analysed: list[int]
+    ) -> list[XraySeverity | None]:
+        if self.severity is None or not analysed:
+            return [None] * len(analysed)
+        return list(
+            self.severity(
+                raw.features[analysed],
+                [prepared.images[i].model_input for i in analysed],
+                raw.probabilities[analysed],
+                XRAY_CLASSES,
+            )
+        )
 
     def _ood_reason(self, features: np.ndarray) -> str | None:
         if self.ood is None:
@@ -348,7 +390,11 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         return self.conclude(self.predict(prepared), prepared)
 
     def _finding(
-        self, image: PreparedImage, probs: np.ndarray, cam: np.ndarray
+        self,
+        image: PreparedImage,
+        probs: np.ndarray,
+        cam: np.ndarray,
+        severity: XraySeverity | None = None,
     ) -> XrayImageFinding:
         shape = (int(image.display.shape[0]), int(image.display.shape[1]))
         label_index = int(np.argmax(probs * self.decision_weights))
@@ -369,6 +415,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             heat_in_lungs=gradcam.mass_inside(heatmap, mask) if mask is not None else None,
             # The triage weights can pick a class that is not the most probable one.
             triage_suspicion=label_index != int(np.argmax(probs)),
+            severity=severity,
         )
 
     def summarise(self, finding: XrayFinding) -> dict[str, Any]:
@@ -378,12 +425,14 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             "label": best.label,
             "probabilities": {k: round(v, 4) for k, v in best.probabilities.items()},
             "triage_suspicion": best.triage_suspicion,
+            **severity_record(best.severity),
             "images": [
                 {
                     "sop_instance_uid": f.source_sop_instance_uid,
                     "label": f.label,
                     "probabilities": {k: round(v, 4) for k, v in f.probabilities.items()},
                     "triage_suspicion": f.triage_suspicion,
+                    **severity_record(f.severity),
                     **(
                         {"heat_in_lungs": round(f.heat_in_lungs, 4)}
                         if f.heat_in_lungs is not None

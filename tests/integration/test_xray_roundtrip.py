@@ -17,7 +17,12 @@ from pydicom.encaps import encapsulate, generate_fragmented_frames
 from pynetdicom import AE
 
 from dicom_node.domain import XRAY_CLASSES
-from dicom_node.model_store import find_artefact
+from dicom_node.model_store import (
+    CARD_FILE,
+    artefact_directory,
+    find_artefact,
+    read_severity_card,
+)
 from dicom_node.outputs.readers import read_xray_report
 from tests.support.factories import chest_cr, small_cr
 from tests.support.stack import SC_STORAGE, SR_STORAGE, Stack
@@ -79,6 +84,14 @@ def test_chest_cr_sent_from_orthanc_returns_as_sr_and_sc(make_stack: Any, tmp_pa
     assert direct["label"] == image.label
     for key, value in image.probabilities.items():
         assert direct["probabilities"][key] == pytest.approx(value, abs=1e-3)
+    # Severity, per radiograph: both scores as numbers, the level as a code, as classify says.
+    assert image.geographic_extent is not None and image.opacity is not None
+    assert 0.0 <= image.geographic_extent <= 8.0 and 0.0 <= image.opacity <= 6.0
+    assert direct["geographic_extent"] == pytest.approx(image.geographic_extent, abs=0.01)
+    assert direct["opacity"] == pytest.approx(image.opacity, abs=0.01)
+    thresholds = read_severity_card(artefact_directory("xray_severity") / CARD_FILE).levels
+    assert image.severity_level == direct["severity_level"]
+    assert image.severity_level == sum(image.geographic_extent >= t for t in thresholds.thresholds)
 
     [job] = by_study(stack.jobs(), study_uid)
     assert job["state"] == "done" and job["pipeline"] == "xray" and job["error"] is None

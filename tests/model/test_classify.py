@@ -16,7 +16,13 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicom_node.classify import run_classify
-from dicom_node.model_store import find_artefact
+from dicom_node.domain import SEVERITY_LEVEL_NAMES
+from dicom_node.model_store import (
+    CARD_FILE,
+    artefact_directory,
+    find_artefact,
+    read_severity_card,
+)
 from training.data import read_manifest
 
 
@@ -59,6 +65,9 @@ def test_mixed_inputs_with_failures(shared_data: Path, tmp_path: Path) -> None:
 
     code, results, _, err = _classify([png, text, dicom, missing], heatmap_dir=heatmaps)
     weights = find_artefact("xray_classifier").card.decision.weights
+    thresholds = read_severity_card(
+        artefact_directory("xray_severity") / CARD_FILE
+    ).levels.thresholds
     assert code == 1
     assert [r["path"] for r in results] == [str(png), str(text), str(dicom), str(missing)]
     for good in (results[0], results[2]):
@@ -73,6 +82,9 @@ def test_mixed_inputs_with_failures(shared_data: Path, tmp_path: Path) -> None:
         top = max(good["probabilities"], key=good["probabilities"].__getitem__)
         assert good["triage_suspicion"] == (good["label"] != top)
         assert 0.0 <= good["heat_in_lungs"] <= 1.0
+        assert 0.0 <= good["geographic_extent"] <= 8.0 and 0.0 <= good["opacity"] <= 6.0
+        assert good["severity_level"] == sum(good["geographic_extent"] >= t for t in thresholds)
+        assert good["severity"] == SEVERITY_LEVEL_NAMES[good["severity_level"]]
         x0, y0, x1, y1 = good["lung_box"]
         width, height = Image.open(good["heatmap"]).size  # the heatmap keeps the aspect ratio
         assert 0 <= x0 < x1 and 0 <= y0 < y1
@@ -90,6 +102,7 @@ def test_all_good_inputs_exit_zero_and_text_output(shared_data: Path) -> None:
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert len(lines) == 2 and all("[xray]" in line and "covid" in line for line in lines)
+    assert all("severity level" in line and "extent" in line for line in lines)
 
 
 def test_unknown_pipeline_is_a_usage_error(shared_data: Path) -> None:

@@ -30,6 +30,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from dicom_node import RESEARCH_NOTICE
+from dicom_node.domain import SEVERITY_LEVEL_NAMES
 from dicom_node.outputs.codes import CLASS_DISPLAY_NAME
 from dicom_node.outputs.readers import read_xray_report
 from tests.support.net import free_port
@@ -125,6 +126,14 @@ def _run(args: argparse.Namespace, sample: Path, orthanc: OrthancServer, node: N
         print(
             "  (the label rule weighs COVID-19 up, a triage operating point fitted on validation;"
             "\n   see models/xray_classifier/*/model_card.md)"
+        )
+    if report.severity_level is not None:
+        print(
+            f"  COVID-19 severity: level {report.severity_level} "
+            f"{SEVERITY_LEVEL_NAMES[report.severity_level]} (geographic extent "
+            f"{report.geographic_extent:.1f}/8, opacity {report.opacity:.1f}/6; expected scores,"
+            "\n   near 0 when the classifier finds the lungs normal; see "
+            "models/xray_severity/*/model_card.md)"
         )
     heatmap = args.workdir / "heatmap.png"
     Image.fromarray(found[SC_STORAGE][0].pixel_array).save(heatmap)

@@ -12,7 +12,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from dicom_node.domain import XRAY_CLASSES, XrayFinding, XrayImageFinding
+from dicom_node.domain import XRAY_CLASSES, XrayFinding, XrayImageFinding, XraySeverity
 from dicom_node.joblog.records import InstanceRecord
 
 
@@ -44,7 +44,12 @@ def small_cr(rows: int = 64, columns: int = 48) -> Dataset:
     return ds
 
 
-def synthetic_xray_finding(source: Dataset, label: str = "covid") -> XrayFinding:
+SYNTHETIC_SEVERITY = XraySeverity(geographic_extent=3.4, opacity=2.1, level=2)
+
+
+def synthetic_xray_finding(
+    source: Dataset, label: str = "covid", severity: XraySeverity | None = SYNTHETIC_SEVERITY
+) -> XrayFinding:
     """A finding with a Gaussian hot spot, as a pipeline would produce for ``source``."""
     rows, columns = int(source.Rows), int(source.Columns)
     yy, xx = np.mgrid[:rows, :columns]
@@ -64,7 +69,13 @@ def synthetic_xray_finding(source: Dataset, label: str = "covid") -> XrayFinding
     probabilities = {label: 0.8, others[0]: 0.15, others[1]: 0.05}
     display = (255 * (heat * 0.5 + 0.25)).astype(np.uint8)
     image = XrayImageFinding(
-        str(source.SOPInstanceUID), label, probabilities, heat.astype(np.float32), region, display
+        str(source.SOPInstanceUID),
+        label,
+        probabilities,
+        heat.astype(np.float32),
+        region,
+        display,
+        severity=severity,
     )
     return XrayFinding((image,))
 

@@ -9,12 +9,14 @@ import pytest
 
 from dicom_node import preprocessing
 from dicom_node.errors import ModelStoreError
-from dicom_node.model_card import CtInputSpec, InputSpec, ModelCard
+from dicom_node.model_card import CtInputSpec, InputSpec, ModelCard, SeverityCard
 from dicom_node.model_store import CARD_FILE, find_artefact
 from training import card as card_io
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-SHIPPED = sorted(MODELS.glob(f"*/*/{CARD_FILE}"))
+# The classifiers' and the segmentation's cards; the severity head has its own (SeverityCard).
+SHIPPED = sorted(p for p in MODELS.glob(f"*/*/{CARD_FILE}") if p.parts[-3] != "xray_severity")
+SEVERITY = sorted(MODELS.glob(f"xray_severity/*/{CARD_FILE}"))
 MINIMAL = {"classes": ["covid", "noncovid"], "input": {"size": 64}}
 
 
@@ -23,6 +25,28 @@ def test_every_shipped_card_is_found() -> None:
         "xray_classifier",
         "lung_segmentation",
     }
+    assert SEVERITY
+
+
+@pytest.mark.parametrize("path", SEVERITY, ids=lambda p: p.parent.name)
+def test_severity_card_round_trips_and_renders_to_the_shipped_files(
+    path: Path, tmp_path: Path
+) -> None:
+    from training.severity_card import write_markdown
+
+    text = path.read_text()
+    card = SeverityCard.from_json(json.loads(text))
+    assert json.dumps(card.to_json(), indent=2) + "\n" == text
+    write_markdown(card, tmp_path / "md")
+    assert (tmp_path / "md").read_text() == path.with_name("model_card.md").read_text()
+    # The targets in the card are computed from its own metrics.
+    assert card.metrics is not None
+    for key, target in card.metrics["targets"].items():
+        score, metric = key.split(".")
+        value = card.metrics["expected_scores"][score][metric]
+        assert target["value"] == value
+        bound = float(target["target"].split()[1])
+        assert target["met"] == (value <= bound if "<=" in target["target"] else value >= bound)
 
 
 def _render_markdown(card: ModelCard, path: Path) -> None:

@@ -10,6 +10,8 @@ import pytest
 from pydicom import Dataset
 
 from dicom_node.domain import ModelInfo, OutputContext, XrayFinding
+from dicom_node.outputs import render
+from dicom_node.outputs.codes import SEVERITY_LEVEL
 from dicom_node.outputs.readers import read_xray_report
 from dicom_node.outputs.render import HOT_REGION_COLOUR, LUNG_OUTLINE_COLOUR
 from dicom_node.outputs.xray import (
@@ -17,8 +19,9 @@ from dicom_node.outputs.xray import (
     SUSPECTED,
     build_xray_outputs,
     label_text,
+    severity_text,
 )
-from tests.support.factories import chest_cr, synthetic_xray_finding
+from tests.support.factories import SYNTHETIC_SEVERITY, chest_cr, synthetic_xray_finding
 
 MODEL = ModelInfo("xray_test", "9.9.9", ("covid", "normal", "pneumonia_bac"))
 
@@ -148,3 +151,37 @@ def test_sr_region_is_the_hot_region(source: Dataset) -> None:
     [group] = report.content.get_planar_roi_measurement_groups()
     points = np.asarray(group.roi.value).reshape(-1, 2)
     np.testing.assert_allclose(points, finding.images[0].hot_region, atol=1e-3)
+
+
+def test_severity_scores_and_level_are_in_the_sr_and_on_the_sc(
+    source: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captured: list[str] = []
+    real = render.burn_in_text
+
+    def capture(rgb: np.ndarray, top: list[str], bottom: list[str]) -> np.ndarray:
+        captured.extend(top + bottom)
+        return real(rgb, top, bottom)
+
+    monkeypatch.setattr(render, "burn_in_text", capture)
+    sr, _ = build_xray_outputs(synthetic_xray_finding(source), [source], OutputContext(), MODEL)
+    assert severity_text(SYNTHETIC_SEVERITY) in captured
+    assert "level 2 moderate (extent 3.4/8, opacity 2.1/6)" in severity_text(SYNTHETIC_SEVERITY)
+    [read] = read_xray_report(sr)
+    assert read.geographic_extent == pytest.approx(SYNTHETIC_SEVERITY.geographic_extent)
+    assert read.opacity == pytest.approx(SYNTHETIC_SEVERITY.opacity)
+    assert read.severity_level == SYNTHETIC_SEVERITY.level
+    assert set(read.probabilities) == set(MODEL.classes)  # the scores are no probabilities
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr)
+    [group] = report.content.get_planar_roi_measurement_groups()
+    units = {str(m.name.meaning): m.unit.value for m in group.get_measurements()}
+    assert units["Geographic extent score 0-8"] == units["Opacity score 0-6"] == "{score}"
+    [level] = group.get_qualitative_evaluations(name=SEVERITY_LEVEL)
+    assert level.value.meaning == "Level 2: moderate"
+    # Without a severity model: no scores, no level, no severity line.
+    captured.clear()
+    bare = synthetic_xray_finding(source, severity=None)
+    sr_bare, _ = build_xray_outputs(bare, [source], OutputContext(), MODEL)
+    [read] = read_xray_report(sr_bare)
+    assert read.geographic_extent is None and read.severity_level is None
+    assert not any(line.startswith("Severity") for line in captured)
