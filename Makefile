@@ -36,6 +36,7 @@ lint: install
 
 bench: install system-deps
 	$(PY) bench/bench_scp.py
+	$(PY) bench/bench_turnaround.py
 	$(PY) bench/bench_xray.py
 	$(PY) bench/bench_ct.py
 

@@ -19,7 +19,7 @@ from dicom_node.assembly import StudyAssembler
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
-from dicom_node.filing import Intake
+from dicom_node.filing import Intake, refile_unrecorded
 from dicom_node.http_admin import AdminServer
 from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
@@ -63,6 +63,9 @@ class Node:
         leftovers = remove_partial_files(self.settings.data_dir)
         if leftovers:
             log.warning("removed %d partial file(s) left by an interrupted write", leftovers)
+        restored = refile_unrecorded(self.settings, self.joblog.intake)
+        if restored:
+            log.warning("recorded %d inbox file(s) the job log had lost", restored)
         recovered = self.joblog.queue.recover()
         if recovered:
             log.warning("re-queued %d job(s) interrupted by a previous stop", len(recovered))
@@ -86,6 +89,7 @@ class Node:
             self.metrics,
             self.assembler.instance_received,
             self.audit,
+            self.assembler.association_ended,
         )
         self._scp = start_scp(self.settings, intake, self.gate)
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)

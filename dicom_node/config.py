@@ -71,12 +71,18 @@ class Settings:
     quiet_seconds_by_modality: Mapping[str, float] = field(
         default_factory=lambda: dict(DEFAULT_QUIET_SECONDS)
     )
+    # After a sender releases its association, its studies start this much later instead of
+    # after the quiet period (None: wait for the quiet period as for an abort).
+    release_grace_seconds: float | None = 1.0
     # A calling AE listed here is accepted only from that host (Orthanc's
     # DicomCheckModalityHost): TOML table ``AE = "host"``, env ``AE@host,AE2@host2``.
     ae_hosts: Mapping[str, str] = field(default_factory=dict)
     # Associations at once; the last ``reserved_associations`` are kept for allowed AEs.
     maximum_associations: int = 16
     reserved_associations: int = 4
+    # Largest PDU the node receives (A-ASSOCIATE-AC Maximum Length); 0 = unlimited.  Larger
+    # PDUs mean fewer Python-level reads per instance; 131072 is DCMTK's largest.
+    max_pdu_bytes: int = 131072
     # A peer must complete its A-ASSOCIATE-RQ within this time (idle sockets are dropped).
     association_request_timeout_seconds: float = 5.0
     # Largest accepted instance (encoded) and largest decoded pixel data, in MiB.
@@ -113,7 +119,7 @@ class Settings:
         _check_port(self.http_port, "http_port")
         if not self.host:
             raise ConfigError(f"{_label('host')}: must not be empty")
-        for name in ("study_quiet_seconds",):
+        for name in ("study_quiet_seconds", "release_grace_seconds"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{_label(name)}: must be >= 0, got {value}")
@@ -124,6 +130,8 @@ class Settings:
             _check_ae(ae, "ae_hosts")
             if not ae_host.strip():
                 raise ConfigError(f"{_label('ae_hosts')}: empty host for {ae}")
+        if self.max_pdu_bytes != 0 and self.max_pdu_bytes < 4096:
+            raise ConfigError(f"{_label('max_pdu_bytes')}: must be 0 (unlimited) or >= 4096")
         if self.maximum_associations < 1:
             raise ConfigError(f"{_label('maximum_associations')}: must be >= 1")
         if not 0 <= self.reserved_associations < self.maximum_associations:
@@ -292,8 +300,10 @@ _FIELD_KINDS: dict[str, str] = {
     "require_called_ae": "bool",
     "study_quiet_seconds": "optfloat",
     "quiet_seconds_by_modality": "mapping",
+    "release_grace_seconds": "optfloat",
     "ae_hosts": "hosts",
     "maximum_associations": "int",
+    "max_pdu_bytes": "int",
     "reserved_associations": "int",
     "association_request_timeout_seconds": "float",
     "max_instance_mb": "int",

@@ -12,6 +12,8 @@ Models run elsewhere (``worker``).
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,8 +61,11 @@ class Intake:
     settings: Settings
     joblog: IntakeLog
     metrics: Metrics
-    on_instance: Callable[[RecordOutcome], None]
+    # A gathering job's instance was filed, from the association with this key (``id``).
+    on_instance: Callable[[RecordOutcome, int], None]
     audit: InstanceAudit | None = None
+    # An association closed: (its key, released by the peer); aborts and drops are False.
+    on_association_end: Callable[[int, bool], None] | None = None
 
 
 @dataclass
@@ -104,12 +109,35 @@ def receive_to_files() -> None:
 
 
 class NodeAssociation(Association):
-    """pynetdicom's association, answering a C-STORE request that lacks a required parameter.
+    """pynetdicom's association, answering a C-STORE request that lacks a required parameter,
+    and waiting for DIMSE messages instead of polling for them.
 
     pynetdicom drops such a request without a word (the sender waits for its DIMSE timeout)
     and leaves its temporary file behind.  Here it gets a ``0xA900`` response, the file is
     removed, and the refusal is recorded like any other.
+
+    pynetdicom's acceptor loop sleeps 1 ms and then asks for a message without waiting: 1000
+    wake-ups a second per association, taking the GIL from the associations that receive.
+    Here the loop's own non-blocking ask waits up to ``REACTOR_WAIT_SECONDS`` on the message
+    queue, so a message is served as it arrives and an idle association wakes about 50 times
+    a second (release, abort and the network timeout are checked as often).
     """
+
+    REACTOR_WAIT_SECONDS = 0.02
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ask = self.dimse.get_msg
+
+        def get_msg(block: bool = False) -> Any:
+            if block or threading.current_thread() is not self:
+                return ask(block)
+            try:
+                return self.dimse.msg_queue.get(timeout=self.REACTOR_WAIT_SECONDS)
+            except queue.Empty:
+                return None, None
+
+        self.dimse.get_msg = get_msg  # type: ignore[method-assign]
 
     def _serve_request(self, msg: Any, context_id: int) -> None:
         if isinstance(msg, C_STORE) and not msg.is_valid_request and msg.MessageID is not None:
@@ -194,8 +222,57 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     )
     _audit(intake, received, DicomStatus.SUCCESS)
     if outcome.gathering:
-        intake.on_instance(outcome)
+        intake.on_instance(outcome, id(event.assoc))
     return DicomStatus.SUCCESS
+
+
+def refile_unrecorded(settings: Settings, joblog: IntakeLog) -> int:
+    """Record inbox files the job log does not know; returns how many.
+
+    Success is answered once the file is durable (fsync of the file and of its directory)
+    and its row committed; the job log's commits are durable against a crash of the process
+    but, with SQLite's ``synchronous=NORMAL``, not against a power loss.  After one, the last
+    acknowledged instances may be in the inbox without a row: the file is the durable record,
+    and this restores the row from its header (calling AE ``RECOVERED``) before intake opens.
+    """
+    known = joblog.filed_paths()
+    restored = 0
+    for path in sorted(settings.inbox_dir.rglob("*.dcm")) if settings.inbox_dir.is_dir() else []:
+        if str(path) in known or path.name.startswith(".tmp-"):
+            continue
+        try:
+            header = _read_header(path)
+            record = _recovered_record(header, path)
+            joblog.record_instance(record)
+        except (InstanceRejected, SQLAlchemyError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, InstanceRejected) else _kind(exc)
+            log.error("inbox file %s could not be recorded: %s", path.name, reason)
+            continue
+        restored += 1
+    return restored
+
+
+def _recovered_record(header: Dataset, path: Path) -> InstanceRecord:
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        value = _uid_or_none(header, keyword)
+        if value is None:
+            raise ValueError(f"{keyword} missing")
+        uids[keyword] = value
+    return InstanceRecord(
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
+        modality=_text(header, "Modality", 16),
+        body_part=_text(header, "BodyPartExamined", 64),
+        image_type=_image_type(header),
+        description=_descriptions(header),
+        calling_ae="RECOVERED",
+        path=str(path),
+        size_bytes=path.stat().st_size,
+    )
 
 
 def _check_resources(path: Path, settings: Settings) -> int:

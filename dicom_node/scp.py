@@ -82,6 +82,22 @@ def _log_association(event: evt.Event, gate: Gate) -> None:
         gate.rejected(event.assoc)
 
 
+def _association_closed(event: evt.Event, intake: Intake) -> None:
+    """EVT_RELEASED / EVT_CONN_CLOSE: tell assembly which associations ended, and how.
+
+    A released association is reported at its release; any other close (A-ABORT, a dropped
+    connection, a timeout) at the connection's close, as not released.
+    """
+    if intake.on_association_end is None:
+        return
+    key = id(event.assoc)
+    if event.event == evt.EVT_RELEASED:
+        event.assoc._dicom_node_released = True  # type: ignore[attr-defined]
+        intake.on_association_end(key, True)
+    elif not getattr(event.assoc, "_dicom_node_released", False):
+        intake.on_association_end(key, False)
+
+
 def build_ae(settings: Settings) -> AE:
     """The application entity with our presentation contexts and association policy."""
     ae = AE(ae_title=settings.ae_title)
@@ -96,6 +112,7 @@ def build_ae(settings: Settings) -> AE:
     # The gate counts and refuses first (with the reservation); pynetdicom's own count is
     # kept as a backstop at the same limit.
     ae.maximum_associations = settings.maximum_associations
+    ae.maximum_pdu_size = settings.max_pdu_bytes
     ae.add_supported_context(Verification)
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(ACCEPTED_TRANSFER_SYNTAXES))
@@ -118,6 +135,8 @@ def start_scp(settings: Settings, intake: Intake, gate: Gate | None = None) -> G
         (evt.EVT_C_STORE, handle_store, [intake]),
         (evt.EVT_ACCEPTED, _log_association, [gate]),
         (evt.EVT_REJECTED, _log_association, [gate]),
+        (evt.EVT_RELEASED, _association_closed, [intake]),
+        (evt.EVT_CONN_CLOSE, _association_closed, [intake]),
     ]
     server = cast(
         GuardedServer,

@@ -66,7 +66,9 @@ def series_identity(
 ) -> SeriesIdentity:
     """Series UID from the sources and model; description carries the research notice."""
     uid = derive_uid("series", kind, model.name, model.version, source_key(sources))
-    version = f" v{context.result_version}" if context.result_version > 1 else ""
+    # A re-analysis with more instances: new series (new sources), saying what it supersedes.
+    n = context.result_version
+    version = f" v{n} replaces v{n - 1}" if n > 1 else ""
     description = f"AI {kind}{version} {NOT_FOR_CLINICAL_USE}"
     return SeriesIdentity(uid, number, description[:64])
 

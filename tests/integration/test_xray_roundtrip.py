@@ -300,4 +300,5 @@ def test_study_with_a_late_instance_gets_a_new_result_version(make_stack: Any) -
         found = stack.results_in_orthanc(study_uid, {SR_STORAGE})
     reports = sorted(found[SR_STORAGE], key=lambda ds: len(read_xray_report(ds)))
     assert [len(read_xray_report(ds)) for ds in reports] == [1, 2]
-    assert "v2" in reports[1].SeriesDescription
+    assert "v2 replaces v1" in reports[1].SeriesDescription
+    assert "replaces" not in reports[0].SeriesDescription

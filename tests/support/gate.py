@@ -57,7 +57,7 @@ def start_audited_scp(tmp_path: Path, **overrides: Any) -> Iterator[Node]:
     settings = Settings(data_dir=tmp_path / "data", port=free_port(), **values)
     joblog = JobLog.open(settings.database_path)
     audit = AuditLog.for_settings(settings)
-    intake = Intake(settings, joblog.intake, Metrics(), lambda _outcome: None, audit)
+    intake = Intake(settings, joblog.intake, Metrics(), lambda _outcome, _association: None, audit)
     server = start_scp(settings, intake)
     try:
         yield Node(settings, joblog, audit)

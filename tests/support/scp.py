@@ -33,7 +33,9 @@ def start_scp_in_process(tmp_path: Path, **overrides: object) -> Iterator[Runnin
     joblog = JobLog.open(settings.database_path)
     metrics = Metrics()
     armed: list[RecordOutcome] = []
-    server = start_scp(settings, Intake(settings, joblog.intake, metrics, armed.append))
+    server = start_scp(
+        settings, Intake(settings, joblog.intake, metrics, lambda o, _a: armed.append(o))
+    )
     try:
         yield RunningScp(settings, joblog, metrics, armed)
     finally:

@@ -13,8 +13,10 @@ from dicom_node.joblog.schema import JobState
 from tests.support.factories import instance_record as record
 
 
-def _assembler(tmp_path: Path, quiet: float) -> tuple[StudyAssembler, JobLog, threading.Event]:
-    settings = Settings(data_dir=tmp_path, study_quiet_seconds=quiet)
+def _assembler(
+    tmp_path: Path, quiet: float, grace: float | None = 1.5
+) -> tuple[StudyAssembler, JobLog, threading.Event]:
+    settings = Settings(data_dir=tmp_path, study_quiet_seconds=quiet, release_grace_seconds=grace)
     joblog = JobLog.open(settings.database_path)
     queued = threading.Event()
     assembler = StudyAssembler(settings, joblog.assembly, queued.set)
@@ -68,5 +70,110 @@ def test_timers_are_rearmed_from_the_log_after_a_restart(tmp_path: Path) -> None
     try:
         assert queued.wait(3)
         assert joblog.admin.job(outcome.job_id).state == JobState.QUEUED  # type: ignore[union-attr]
+    finally:
+        assembler.stop()
+
+
+def _state(joblog: JobLog, job_id: int) -> JobState:
+    job = joblog.admin.job(job_id)
+    assert job is not None
+    return job.state
+
+
+def test_a_restart_waits_the_full_quiet_period_again(tmp_path: Path) -> None:
+    """The last instance came long before the crash: the senders may still resend, so the
+    study is not analysed at once with what had arrived."""
+    assembler, joblog, queued = _assembler(tmp_path, quiet=1.5)
+    outcome = joblog.intake.record_instance(record("2.4", "2.4.1"))
+    time.sleep(1.6)  # more than the quiet period since the last instance
+    started = time.monotonic()
+    assembler.start()
+    try:
+        assert queued.wait(5)
+        assert time.monotonic() - started >= 1.4
+        assert _state(joblog, outcome.job_id) == JobState.QUEUED
+    finally:
+        assembler.stop()
+
+
+def test_a_released_association_starts_its_study_after_the_grace(tmp_path: Path) -> None:
+    assembler, joblog, queued = _assembler(tmp_path, quiet=30.0, grace=0.2)
+    assembler.start()
+    try:
+        for sop in ("3.1.1", "3.1.2"):
+            outcome = joblog.intake.record_instance(record("3.1", sop))
+            assembler.instance_received(outcome, association=7)
+        assembler.association_ended(7, released=True)
+        assert queued.wait(3)  # not 30 s
+        assert _state(joblog, outcome.job_id) == JobState.QUEUED
+    finally:
+        assembler.stop()
+
+
+def test_an_aborted_association_starts_nothing_early(tmp_path: Path) -> None:
+    assembler, joblog, queued = _assembler(tmp_path, quiet=1.5, grace=0.1)
+    assembler.start()
+    try:
+        outcome = joblog.intake.record_instance(record("3.2", "3.2.1"))
+        assembler.instance_received(outcome, association=7)
+        assembler.association_ended(7, released=False)
+        time.sleep(0.8)
+        assert _state(joblog, outcome.job_id) == JobState.RECEIVED
+        assert queued.wait(3)  # the quiet period still completes it
+    finally:
+        assembler.stop()
+
+
+def test_a_study_sent_in_two_associations_waits_for_both(tmp_path: Path) -> None:
+    assembler, joblog, queued = _assembler(tmp_path, quiet=0.3, grace=0.1)
+    assembler.start()
+    try:
+        first = joblog.intake.record_instance(record("3.3", "3.3.1"))
+        assembler.instance_received(first, association=1)
+        second = joblog.intake.record_instance(record("3.3", "3.3.2"))
+        assembler.instance_received(second, association=2)
+        assembler.association_ended(1, released=True)
+        # Association 2 stays open and stalls for longer than the quiet period.
+        time.sleep(1.0)
+        assert _state(joblog, first.job_id) == JobState.RECEIVED
+        assert assembler.being_sent(first.job_id)
+        assembler.association_ended(2, released=True)
+        assert queued.wait(3)
+        job = joblog.admin.job(first.job_id)
+        assert job is not None and job.state == JobState.QUEUED and job.instances == 2
+    finally:
+        assembler.stop()
+
+
+def test_an_instance_from_another_association_after_a_release_restores_the_quiet_timer(
+    tmp_path: Path,
+) -> None:
+    assembler, joblog, queued = _assembler(tmp_path, quiet=1.2, grace=0.3)
+    assembler.start()
+    try:
+        first = joblog.intake.record_instance(record("3.4", "3.4.1"))
+        assembler.instance_received(first, association=1)
+        assembler.association_ended(1, released=True)
+        late = joblog.intake.record_instance(record("3.4", "3.4.2"))
+        assembler.instance_received(late)  # e.g. another sender, within the grace
+        time.sleep(0.8)
+        assert _state(joblog, first.job_id) == JobState.RECEIVED  # the grace did not win
+        assert queued.wait(3)
+        job = joblog.admin.job(first.job_id)
+        assert job is not None and job.instances == 2
+    finally:
+        assembler.stop()
+
+
+def test_no_grace_configured_means_the_quiet_period_decides(tmp_path: Path) -> None:
+    assembler, joblog, queued = _assembler(tmp_path, quiet=1.0, grace=None)
+    assembler.start()
+    try:
+        outcome = joblog.intake.record_instance(record("3.5", "3.5.1"))
+        assembler.instance_received(outcome, association=3)
+        assembler.association_ended(3, released=True)
+        time.sleep(0.5)
+        assert _state(joblog, outcome.job_id) == JobState.RECEIVED
+        assert queued.wait(3)
     finally:
         assembler.stop()

@@ -35,6 +35,16 @@ def test_environment_overrides_file_and_flags_override_environment(tmp_path: Pat
     assert settings.database_path == tmp_path / "data" / "jobs.sqlite"
 
 
+def test_release_grace_and_pdu_size_are_configurable() -> None:
+    defaults = load_settings(environ={})
+    assert defaults.release_grace_seconds == 1.0 and defaults.max_pdu_bytes == 131072
+    settings = load_settings(
+        environ={"DICOM_NODE_RELEASE_GRACE_SECONDS": "", "DICOM_NODE_MAX_PDU_BYTES": "0"}
+    )
+    assert settings.release_grace_seconds is None  # empty: the quiet period decides
+    assert settings.max_pdu_bytes == 0  # unlimited
+
+
 def test_study_quiet_seconds_applies_to_every_modality() -> None:
     settings = load_settings(environ={"DICOM_NODE_STUDY_QUIET_SECONDS": "0.5"})
     assert settings.quiet_seconds("CT") == settings.quiet_seconds("CR") == 0.5
@@ -50,6 +60,8 @@ def test_study_quiet_seconds_applies_to_every_modality() -> None:
         ({"DICOM_NODE_ALLOWED_AES": "OK,BAD\\AE"}, "DICOM_NODE_ALLOWED_AES"),
         ({"DICOM_NODE_STUDY_QUIET_SECONDS": "-1"}, "DICOM_NODE_STUDY_QUIET_SECONDS"),
         ({"DICOM_NODE_FSYNC": "maybe"}, "DICOM_NODE_FSYNC"),
+        ({"DICOM_NODE_RELEASE_GRACE_SECONDS": "-0.5"}, "DICOM_NODE_RELEASE_GRACE_SECONDS"),
+        ({"DICOM_NODE_MAX_PDU_BYTES": "1024"}, "DICOM_NODE_MAX_PDU_BYTES"),
     ],
 )
 def test_invalid_values_name_the_setting(env: dict[str, str], named: str) -> None:

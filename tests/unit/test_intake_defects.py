@@ -180,3 +180,27 @@ def test_quarantine_keeps_every_refusal_of_the_same_uid(scp: RunningScp) -> None
     del dataset.PixelData
     assert send(scp, dataset) == send(scp, dataset) == 0xA900
     assert len(_files(scp.settings.quarantine_dir)) == 2
+
+
+def test_inbox_files_without_a_row_are_recorded_again_at_start(tmp_path: Path) -> None:
+    """After a power loss the last job-log commits can be gone while the fsynced files are
+    there: start-up reconciliation restores their rows (and only theirs)."""
+    from dicom_node.config import Settings
+    from dicom_node.filing import refile_unrecorded
+    from dicom_node.joblog import JobLog
+    from dicom_node.storage import inbox_path
+
+    settings = Settings(data_dir=tmp_path)
+    joblog = JobLog.open(settings.database_path)
+    kept, lost = small_cr(), small_cr()  # two studies
+    for ds in (kept, lost):
+        path = inbox_path(
+            settings.inbox_dir, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+    assert refile_unrecorded(settings, joblog.intake) == 2
+    assert refile_unrecorded(settings, joblog.intake) == 0  # nothing twice
+    assert len(joblog.intake.filed_paths()) == 2
+    assert sorted(r.state for r in joblog.admin.job_rows()) == ["received", "received"]
+    joblog.close()
