@@ -563,14 +563,24 @@ def _read(
     return bytes(data)
 
 
+REJECT_LINGER_SECONDS = 0.5  # the ARTIM wait for the peer to close after A-ASSOCIATE-RJ
+
+
 def _send_reject(stream: socket.socket, reject: tuple[int, int, int]) -> None:
+    """Send the A-ASSOCIATE-RJ, then wait (briefly) for the requestor to close, as PS3.8's
+    state machine does (AE-8, Sta13): closing at once can reset the connection before the
+    peer has read the rejection, and it then sees an abort instead (seen once in CI)."""
     pdu = A_ASSOCIATE_RJ()
     pdu.result, pdu.source, pdu.reason_diagnostic = reject
     try:
         stream.setblocking(True)
         stream.settimeout(2.0)
         stream.sendall(pdu.encode())
-    except OSError:
+        stream.settimeout(REJECT_LINGER_SECONDS)
+        deadline = time.monotonic() + REJECT_LINGER_SECONDS
+        while time.monotonic() < deadline and stream.recv(4096):
+            pass  # anything the peer still sends is discarded; b"": it closed
+    except (OSError, ValueError):
         pass
 
 
