@@ -244,7 +244,7 @@ def refile_unrecorded(settings: Settings, joblog: IntakeLog) -> int:
             header = _read_header(path)
             record = _recovered_record(header, path)
             joblog.record_instance(record)
-        except (InstanceRejected, SQLAlchemyError, ValueError) as exc:
+        except (InstanceRejected, SQLAlchemyError, OSError) as exc:
             reason = exc.reason if isinstance(exc, InstanceRejected) else _kind(exc)
             log.error("inbox file %s could not be recorded: %s", path.name, reason)
             continue
@@ -253,26 +253,9 @@ def refile_unrecorded(settings: Settings, joblog: IntakeLog) -> int:
 
 
 def _recovered_record(header: Dataset, path: Path) -> InstanceRecord:
-    uids = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = _uid_or_none(header, keyword)
-        if value is None:
-            raise ValueError(f"{keyword} missing")
-        uids[keyword] = value
-    return InstanceRecord(
-        study_instance_uid=uids["StudyInstanceUID"],
-        series_instance_uid=uids["SeriesInstanceUID"],
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "")),
-        modality=_text(header, "Modality", 16),
-        body_part=_text(header, "BodyPartExamined", 64),
-        image_type=_image_type(header),
-        description=_descriptions(header),
-        calling_ae="RECOVERED",
-        path=str(path),
-        size_bytes=path.stat().st_size,
-    )
+    uids = _header_uids(header)
+    transfer_syntax = str(header.file_meta.get("TransferSyntaxUID", ""))
+    return _record_from(header, uids, transfer_syntax, "RECOVERED", path, path.stat().st_size)
 
 
 def _check_resources(path: Path, settings: Settings) -> int:
@@ -351,13 +334,7 @@ def _check(header: Dataset, received: _Received, settings: Settings) -> Instance
         raise InstanceRejected(
             _INVALID, "the request's Affected SOP Instance UID is missing or not a valid UID"
         )
-    uids = {}
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
-        value = _uid_or_none(header, keyword)
-        if value is None:
-            problem = "missing" if keyword not in header else "not a valid UID"
-            raise InstanceRejected(_INVALID, f"{keyword} is {problem}")
-        uids[keyword] = value
+    uids = _header_uids(header)
     if uids["SOPInstanceUID"] != received.sop_uid:
         raise InstanceRejected(
             _INVALID, "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID"
@@ -365,26 +342,53 @@ def _check(header: Dataset, received: _Received, settings: Settings) -> Instance
     _check_no_file_meta_in_data_set(header, received)
     transfer_syntax = UID(str(received.event.context.transfer_syntax))
     _check_pixel_data(header, transfer_syntax, settings)
+    target = inbox_path(
+        settings.inbox_dir,
+        uids["StudyInstanceUID"],
+        uids["SeriesInstanceUID"],
+        uids["SOPInstanceUID"],
+    )
+    return _record_from(
+        header, uids, str(transfer_syntax), received.calling_ae, target, received.size_bytes
+    )
+
+
+UID_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def _header_uids(header: Dataset) -> dict[str, str]:
+    """The four UIDs filing needs; ``0xA900`` naming the first that is missing or invalid."""
+    uids = {}
+    for keyword in UID_KEYWORDS:
+        value = _uid_or_none(header, keyword)
+        if value is None:
+            problem = "missing" if keyword not in header else "not a valid UID"
+            raise InstanceRejected(_INVALID, f"{keyword} is {problem}")
+        uids[keyword] = value
+    return uids
+
+
+def _record_from(
+    header: Dataset,
+    uids: dict[str, str],
+    transfer_syntax: str,
+    calling_ae: str,
+    path: Path,
+    size_bytes: int,
+) -> InstanceRecord:
     return InstanceRecord(
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        transfer_syntax_uid=str(transfer_syntax),
+        transfer_syntax_uid=transfer_syntax,
         modality=_text(header, "Modality", 16),
         body_part=_text(header, "BodyPartExamined", 64),
         image_type=_image_type(header),
         description=_descriptions(header),
-        calling_ae=received.calling_ae,
-        path=str(
-            inbox_path(
-                settings.inbox_dir,
-                uids["StudyInstanceUID"],
-                uids["SeriesInstanceUID"],
-                uids["SOPInstanceUID"],
-            )
-        ),
-        size_bytes=received.size_bytes,
+        calling_ae=calling_ae,
+        path=str(path),
+        size_bytes=size_bytes,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.net import free_port
 from tests.support.node import NodeProcess
+from tests.support.nodecheck import SandboxNode
 from tests.support.orthanc import NodeTarget, OrthancServer
 from tests.support.stack import Stack
 
@@ -57,3 +58,12 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     for stack in stacks:
         stack.node.stop()
         stack.orthanc.stop()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[list[SandboxNode]]:
+    """Nodes a test started (``tests.support.nodecheck.start_node``); all stopped at the end."""
+    nodes: list[SandboxNode] = []
+    yield nodes
+    for node in nodes:
+        node.stop()

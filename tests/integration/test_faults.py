@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -26,27 +25,9 @@ from tests.support.dicom_client import StoreOutcome, StoreSession, echo
 from tests.support.factories import small_cr
 from tests.support.mutations import dataset_item
 from tests.support.net import free_port
-from tests.support.nodecheck import JobLogReader, SandboxNode, orphan_problems
+from tests.support.nodecheck import JobLogReader, SandboxNode, orphan_problems, start_node
 
 OUT_OF_RESOURCES = 0xA700
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[list[SandboxNode]]:
-    """Nodes started by a test; all stopped at the end."""
-    nodes: list[SandboxNode] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
-
-
-def start_node(
-    nodes: list[SandboxNode], tmp_path: Path, pacs: str = "none", **settings: object
-) -> SandboxNode:
-    node = SandboxNode(tmp_path / "sandbox", tmp_path / "node.log", pacs, **settings)
-    nodes.append(node)
-    node.start()
-    return node
 
 
 def cr(body_part: str = "HAND") -> Dataset:

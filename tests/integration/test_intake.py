@@ -11,34 +11,17 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
-import pytest
 
 from tests.support.dicom_client import StoreSession
 from tests.support.factories import small_cr
 from tests.support.mutations import dataset_item
-from tests.support.nodecheck import JobLogReader, SandboxNode, orphan_problems
+from tests.support.nodecheck import JobLogReader, SandboxNode, orphan_problems, start_node
 from tests.support.synthetic.writer import write_phantom_series
 
 QUIET = 30  # long enough that only a release can start a study within a test's patience
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[list[SandboxNode]]:
-    nodes: list[SandboxNode] = []
-    yield nodes
-    for node in nodes:
-        node.stop()
-
-
-def start_node(nodes: list[SandboxNode], tmp_path: Path, **settings: object) -> SandboxNode:
-    node = SandboxNode(tmp_path / "sandbox", tmp_path / "node.log", "none", **settings)
-    nodes.append(node)
-    node.start(wait_models=False)
-    return node
 
 
 def storescu(node: SandboxNode, files: list[Path], verbose: bool = False) -> list[str]:
@@ -93,7 +76,12 @@ def test_release_starts_the_study_and_an_abort_does_not(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
     node = start_node(
-        sandbox, tmp_path, worker_threads=0, study_quiet_seconds=QUIET, release_grace_seconds=1
+        sandbox,
+        tmp_path,
+        wait_models=False,
+        worker_threads=0,
+        study_quiet_seconds=QUIET,
+        release_grace_seconds=1,
     )
     reader = JobLogReader(node.data_dir / "jobs.sqlite")
     released = cr_files(tmp_path / "released", 3)
@@ -117,7 +105,12 @@ def test_a_study_sent_over_two_associations_waits_for_the_open_one(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
     node = start_node(
-        sandbox, tmp_path, worker_threads=0, study_quiet_seconds=2, release_grace_seconds=0.5
+        sandbox,
+        tmp_path,
+        wait_models=False,
+        worker_threads=0,
+        study_quiet_seconds=2,
+        release_grace_seconds=0.5,
     )
     reader = JobLogReader(node.data_dir / "jobs.sqlite")
     files = cr_files(tmp_path / "study", 2)
@@ -140,7 +133,9 @@ def test_a_study_sent_over_two_associations_waits_for_the_open_one(
 def test_kill_minus_9_during_a_300_slice_send_loses_no_acknowledged_instance(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
-    node = start_node(sandbox, tmp_path, worker_threads=0, fsync="true", study_quiet_seconds=3)
+    node = start_node(
+        sandbox, tmp_path, wait_models=False, worker_threads=0, fsync="true", study_quiet_seconds=3
+    )
     series = write_phantom_series(tmp_path / "ct", n_slices=300, size=128)
     files = sorted(series.files)
     sender = subprocess.Popen(
@@ -194,7 +189,12 @@ def test_eight_concurrent_associations_of_300_slices_are_all_filed(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
     node = start_node(
-        sandbox, tmp_path, worker_threads=0, maximum_associations=10, reserved_associations=1
+        sandbox,
+        tmp_path,
+        wait_models=False,
+        worker_threads=0,
+        maximum_associations=10,
+        reserved_associations=1,
     )
     senders = []
     studies = []

@@ -93,6 +93,20 @@ class SandboxNode(NodeProcess):
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
+def start_node(
+    nodes: list[SandboxNode],
+    tmp_path: Path,
+    pacs: str = "none",
+    wait_models: bool = True,
+    **settings: object,
+) -> SandboxNode:
+    """Start a sandboxed node for a test; ``nodes`` (the ``sandbox`` fixture) stops it."""
+    node = SandboxNode(tmp_path / "sandbox", tmp_path / "node.log", pacs, **settings)
+    nodes.append(node)
+    node.start(wait_models=wait_models)
+    return node
+
+
 def tree(root: Path, skip: Path | None = None) -> set[str]:
     """Every path under ``root`` (relative), except ``skip`` and what lies below it."""
     found = set()
