@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,train,dev
 
-.PHONY: install system-deps demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-severity train-xray-compact ct-pictures clean
+.PHONY: install system-deps viewer demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-severity train-xray-compact ct-pictures clean
 
 install: $(VENV)/.installed
 
@@ -17,6 +17,12 @@ $(VENV)/.installed: pyproject.toml
 system-deps:
 	./scripts/install-system-deps.sh
 
+# OHIF's prebuilt app and playwright-core from npm into ~/.cache/dicom-node/viewer (or
+# $$DICOM_NODE_VIEWER_CACHE); the browser test and `OHIF=1 make demo` also fetch them on first use.
+viewer: system-deps
+	./scripts/ohif/install.sh
+
+# OHIF=1 also serves OHIF on loopback (npm needed).
 demo: install system-deps
 	$(PY) -m tests.support.demo
 

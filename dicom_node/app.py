@@ -24,9 +24,11 @@ from dicom_node.http_admin import AdminServer
 from dicom_node.joblog import JobLog
 from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
-from dicom_node.scp import start_scp
-from dicom_node.scu import ResultSender, StoreTransport
+from dicom_node.scp import start_scp, stow_accepted
+from dicom_node.scu import ResultSender
 from dicom_node.storage import free_disk_mb, remove_partial_files
+from dicom_node.store_result import StoreTransport
+from dicom_node.stow_server import StowServer
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class Node:
         self.assembler = StudyAssembler(settings, self.joblog.assembly, self.worker.wake)
         self.admin = AdminServer(settings.http_host, settings.http_port, self.metrics, self.health)
         self._scp: Any = None
+        self.stow: StowServer | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
@@ -92,6 +95,9 @@ class Node:
             self.assembler.association_ended,
         )
         self._scp = start_scp(self.settings, intake, self.gate)
+        if self.settings.dicomweb_port is not None:
+            self.stow = StowServer(intake, stow_accepted(), self.audit)
+            self.stow.start()
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
 
     def stop(self) -> None:
@@ -99,6 +105,8 @@ class Node:
             return
         self._stopped.set()
         log.info("stopping")
+        if self.stow is not None:
+            self.stow.stop()
         if self._scp is not None:
             self._scp.shutdown()
         self.assembler.stop()

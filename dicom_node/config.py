@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,43 @@ class PacsAddress:
 
 
 @dataclass(frozen=True)
+class DicomWebAddress:
+    """Where results go by STOW-RS: ``dicomweb+http(s)://host:port/path`` (the DICOMweb root)."""
+
+    url: str  # without the ``dicomweb+`` prefix
+
+    def __str__(self) -> str:
+        return DICOMWEB_SCHEME + self.url
+
+    @classmethod
+    def parse(cls, text: str, setting: str = "pacs") -> DicomWebAddress:
+        url = text.strip().removeprefix(DICOMWEB_SCHEME).rstrip("/")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ConfigError(
+                f"{_label(setting)}: expected dicomweb+http://host:port/path, got {text!r}"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            # Credentials in the URL would reach the job log and the logs.
+            raise ConfigError(f"{_label(setting)}: no credentials, query or fragment in the URL")
+        if len(str(cls(url))) > MAX_DESTINATION_LENGTH:
+            raise ConfigError(f"{_label(setting)}: longer than {MAX_DESTINATION_LENGTH} characters")
+        return cls(url)
+
+
+Destination = PacsAddress | DicomWebAddress
+DICOMWEB_SCHEME = "dicomweb+"
+MAX_DESTINATION_LENGTH = 128  # the job log's deliveries.destination column
+
+
+def parse_destination(text: str, setting: str = "pacs") -> Destination:
+    """``AE@host:port`` (C-STORE) or ``dicomweb+http(s)://...`` (STOW-RS)."""
+    if text.strip().lower().startswith(DICOMWEB_SCHEME):
+        return DicomWebAddress.parse(text, setting)
+    return PacsAddress.parse(text, setting)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Effective configuration of one node process."""
 
@@ -61,8 +99,12 @@ class Settings:
     port: int = 11112
     http_host: str = "127.0.0.1"
     http_port: int = 8110
+    # STOW-RS intake (``POST /dicom-web/studies``) on this port; None: off.
+    dicomweb_port: int | None = None
+    dicomweb_host: str = "127.0.0.1"
     data_dir: Path = Path("var")
-    pacs: PacsAddress | None = PacsAddress("ORTHANC", "127.0.0.1", 4242)
+    # ``AE@host:port`` (C-STORE) or ``dicomweb+http://host:port/dicom-web`` (STOW-RS).
+    pacs: Destination | None = PacsAddress("ORTHANC", "127.0.0.1", 4242)
     # Empty means any calling AE may connect (logged as a warning at start).
     allowed_aes: tuple[str, ...] = ()
     require_called_ae: bool = True
@@ -117,6 +159,12 @@ class Settings:
             _check_ae(ae, "allowed_aes")
         _check_port(self.port, "port")
         _check_port(self.http_port, "http_port")
+        if self.dicomweb_port is not None:
+            _check_port(self.dicomweb_port, "dicomweb_port")
+        if self.pacs_tls and isinstance(self.pacs, DicomWebAddress):
+            raise ConfigError(
+                f"{_label('pacs_tls')}: is for DICOM TLS; a DICOMweb PACS uses https:// instead"
+            )
         if not self.host:
             raise ConfigError(f"{_label('host')}: must not be empty")
         for name in ("study_quiet_seconds", "release_grace_seconds"):
@@ -200,7 +248,7 @@ class Settings:
         out: dict[str, Any] = {}
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
-            if isinstance(value, Path | PacsAddress):
+            if isinstance(value, Path | PacsAddress | DicomWebAddress):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
@@ -246,7 +294,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "pacs":
             if isinstance(raw, str) and raw.strip().lower() in {"", "none", "off"}:
                 return None
-            return PacsAddress.parse(str(raw), name)
+            return parse_destination(str(raw), name)
         if kind == "aes":
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(item).strip() for item in items if str(item).strip())
@@ -266,6 +314,10 @@ def _coerce(name: str, raw: Any) -> Any:
             return Path(str(raw)).expanduser()
         if kind == "optpath":
             return Path(str(raw)).expanduser() if str(raw) else None
+        if kind == "optport":
+            if isinstance(raw, str) and raw.strip().lower() in {"", "none", "off"}:
+                return None
+            return int(raw)
         if kind == "optbool":
             if isinstance(raw, str) and raw.strip().lower() in {"", "auto"}:
                 return None
@@ -294,6 +346,8 @@ _FIELD_KINDS: dict[str, str] = {
     "port": "int",
     "http_host": "str",
     "http_port": "int",
+    "dicomweb_port": "optport",
+    "dicomweb_host": "str",
     "data_dir": "path",
     "pacs": "pacs",
     "allowed_aes": "aes",

@@ -31,6 +31,9 @@ class DicomStatus(IntEnum):
     OUT_OF_RESOURCES = 0xA700  # refused: not enough disk space (or the disk failed us)
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900  # refused: required attributes missing/invalid
     CANNOT_UNDERSTAND = 0xC000  # refused: the data set cannot be parsed or its pixels are cut
+    # STOW-RS only (PS3.18 Table 10.5.3-2): a SOP Class or Transfer Syntax the node does not
+    # take; over DIMSE, presentation-context negotiation refuses these instead.
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 class NodeError(Exception):

@@ -1,4 +1,5 @@
-"""The C-STORE handler: check a received data set, file it durably, record it, answer.
+"""The C-STORE handler (and STOW-RS's, ``file_part10``): check a received data set, file it
+durably, record it, answer.
 
 pynetdicom writes each received data set to a temporary file as it arrives (chunked
 receive: memory stays flat whatever the instance size); the handler reads only the header
@@ -70,15 +71,28 @@ class Intake:
 
 @dataclass
 class _Received:
-    """One C-STORE being handled: where its bytes are and what we learned so far."""
+    """One instance being filed: where its bytes are and what we learned so far."""
 
-    event: evt.Event
-    path: Path  # pynetdicom's temporary file until filed
+    path: Path  # the receiver's temporary file until filed
     calling_ae: str
-    sop_uid: str  # the request's Affected SOP Instance UID
+    sop_uid: str  # what the sender said it sends (C-STORE request or Part 10 file meta)
     sop_class: str
+    transfer_syntax: str  # negotiated (DIMSE) or declared in the file meta (STOW-RS)
+    peer: Any  # the association or the HTTP request: the audit trail's and assembly's key
+    # C-STORE: pynetdicom wrote the file meta, so any other group 0002 element was sent inside
+    # the data set.  STOW-RS: the sender's own Part 10 file; only group 0002 in the body counts.
+    receiver_wrote_meta: bool = True
+    expected_study_uid: str | None = None  # STOW-RS ``/studies/{uid}``: the target study
     study_uid: str | None = None
     size_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class FilingOutcome:
+    """What happened to one instance: its status and, when refused, why."""
+
+    status: int
+    reason: str | None = None
 
 
 # Stands in for an empty UID in the temporary file's meta, so that the handler runs and refuses
@@ -191,12 +205,71 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     Never raises: an exception here would become pynetdicom's 0xC211 with nothing recorded.
     """
     received = _Received(
-        event=event,
         path=Path(event.dataset_path),
         calling_ae=_calling_ae(event),
         sop_uid=str(getattr(event.request, "AffectedSOPInstanceUID", "") or ""),
         sop_class=str(getattr(event.request, "AffectedSOPClassUID", "") or ""),
+        transfer_syntax=str(event.context.transfer_syntax),
+        peer=event.assoc,
     )
+    return file_received(received, intake).status
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What a receiver that does not negotiate (STOW-RS) takes: SOP Classes, Transfer Syntaxes."""
+
+    sop_classes: frozenset[str]
+    transfer_syntaxes: frozenset[str]
+
+
+def file_part10(
+    path: Path,
+    intake: Intake,
+    calling_ae: str,
+    peer: Any,
+    accepted: Accepted,
+    expected_study_uid: str | None = None,
+) -> FilingOutcome:
+    """File one DICOM Part 10 file received by another protocol (STOW-RS): the same checks,
+    statuses, job-log rows and quarantine as a C-STORE; ``path`` is moved to the inbox or to
+    quarantine (or left for the caller to remove when the disk is the problem)."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
+        sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    except Exception:  # not a Part 10 file: refused below with the whole-header check
+        sop_uid = sop_class = transfer_syntax = ""
+    received = _Received(
+        path=path,
+        calling_ae=calling_ae,
+        sop_uid=sop_uid,
+        sop_class=sop_class,
+        transfer_syntax=transfer_syntax,
+        peer=peer,
+        receiver_wrote_meta=False,
+        expected_study_uid=expected_study_uid,
+    )
+    if not transfer_syntax:
+        refusal = InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND, "not a DICOM Part 10 file (no readable file meta)"
+        )
+    elif sop_class not in accepted.sop_classes:
+        refusal = InstanceRejected(
+            DicomStatus.SOP_CLASS_NOT_SUPPORTED, "SOP Class not analysed by this node"
+        )
+    elif transfer_syntax not in accepted.transfer_syntaxes:
+        refusal = InstanceRejected(
+            DicomStatus.SOP_CLASS_NOT_SUPPORTED, "Transfer Syntax not accepted by this node"
+        )
+    else:
+        return file_received(received, intake)
+    return FilingOutcome(_reject(received, intake, refusal), refusal.reason)
+
+
+def file_received(received: _Received, intake: Intake) -> FilingOutcome:
+    """Check, file and record one received instance (or refuse it); never raises."""
     try:
         received.size_bytes = _check_resources(received.path, intake.settings)
         header = _read_header(received.path)
@@ -204,13 +277,12 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
         record = _check(header, received, intake.settings)
         outcome = _file(record, received, intake)
     except InstanceRejected as rejection:
-        return _reject(received, intake, rejection)
+        return FilingOutcome(_reject(received, intake, rejection), rejection.reason)
     except Exception:
         # A bug must not end the association: refuse this instance, keep serving.
         log.exception("unexpected error while storing an instance from %s", received.calling_ae)
-        return _reject(
-            received, intake, InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error")
-        )
+        internal = InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error")
+        return FilingOutcome(_reject(received, intake, internal), internal.reason)
     intake.metrics.received.labels(modality=clean(record.modality or "unknown", 16)).inc()
     log.info(
         "stored %s instance %s of study %s from %s%s",
@@ -222,8 +294,8 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     )
     _audit(intake, received, DicomStatus.SUCCESS)
     if outcome.gathering:
-        intake.on_instance(outcome, id(event.assoc))
-    return DicomStatus.SUCCESS
+        intake.on_instance(outcome, id(received.peer))
+    return FilingOutcome(DicomStatus.SUCCESS)
 
 
 def refile_unrecorded(settings: Settings, joblog: IntakeLog) -> int:
@@ -301,14 +373,15 @@ _OWN_FILE_META = frozenset(
 
 def _check_no_file_meta_in_data_set(header: Dataset, received: _Received) -> None:
     meta = header.file_meta
-    negotiated = str(received.event.context.transfer_syntax)
     # keys(), not the data set itself: iterating a Dataset would parse every value.
     inside = any(tag.group == 0x0002 for tag in header.keys())  # noqa: SIM118
-    if (
-        inside
-        or not set(meta.keys()) <= _OWN_FILE_META
-        or str(meta.get("TransferSyntaxUID", "")) != negotiated
-        or str(meta.get("MediaStorageSOPInstanceUID", "")) != received.sop_uid
+    if inside or (
+        received.receiver_wrote_meta
+        and (
+            not set(meta.keys()) <= _OWN_FILE_META
+            or str(meta.get("TransferSyntaxUID", "")) != received.transfer_syntax
+            or str(meta.get("MediaStorageSOPInstanceUID", "")) != received.sop_uid
+        )
     ):
         raise InstanceRejected(_INVALID, "File Meta Information (group 0002) inside the data set")
 
@@ -330,17 +403,21 @@ def _touch(dataset: Dataset, depth: int) -> None:
 
 def _check(header: Dataset, received: _Received, settings: Settings) -> InstanceRecord:
     """What filing, routing and the pipelines rely on; returns the instance's record."""
+    declared = (
+        "the C-STORE request's Affected SOP Instance UID"
+        if received.receiver_wrote_meta
+        else "the file meta's Media Storage SOP Instance UID"
+    )
     if not is_safe_uid(received.sop_uid):
-        raise InstanceRejected(
-            _INVALID, "the request's Affected SOP Instance UID is missing or not a valid UID"
-        )
+        raise InstanceRejected(_INVALID, f"{declared} is missing or not a valid UID")
     uids = _header_uids(header)
     if uids["SOPInstanceUID"] != received.sop_uid:
-        raise InstanceRejected(
-            _INVALID, "SOPInstanceUID differs from the C-STORE request's Affected SOP Instance UID"
-        )
+        raise InstanceRejected(_INVALID, f"SOPInstanceUID differs from {declared}")
+    expected = received.expected_study_uid
+    if expected is not None and uids["StudyInstanceUID"] != expected:
+        raise InstanceRejected(_INVALID, "StudyInstanceUID differs from the study in the URL")
     _check_no_file_meta_in_data_set(header, received)
-    transfer_syntax = UID(str(received.event.context.transfer_syntax))
+    transfer_syntax = UID(received.transfer_syntax)
     _check_pixel_data(header, transfer_syntax, settings)
     target = inbox_path(
         settings.inbox_dir,
@@ -513,7 +590,7 @@ def _audit(intake: Intake, received: _Received, status: int) -> None:
         return
     try:
         sop_uid = received.sop_uid if is_safe_uid(received.sop_uid) else None
-        intake.audit.instance(received.event.assoc, received.study_uid, sop_uid, status)
+        intake.audit.instance(received.peer, received.study_uid, sop_uid, status)
     except Exception:
         log.exception("writing the audit trail failed")
 
@@ -560,6 +637,7 @@ def _reason_label(status: int) -> str:
         DicomStatus.OUT_OF_RESOURCES: "out_of_resources",
         DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS: "invalid_dataset",
         DicomStatus.CANNOT_UNDERSTAND: "cannot_understand",
+        DicomStatus.SOP_CLASS_NOT_SUPPORTED: "not_supported",
     }.get(DicomStatus(status), "other")
 
 

@@ -41,7 +41,7 @@ from dicom_node.admission import Gate, GuardedServer
 from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus
-from dicom_node.filing import Intake, handle_store, receive_to_files
+from dicom_node.filing import Accepted, Intake, handle_store, receive_to_files
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,14 @@ COMPRESSED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     RLELossless,
 )
 ACCEPTED_TRANSFER_SYNTAXES = NATIVE_TRANSFER_SYNTAXES + COMPRESSED_TRANSFER_SYNTAXES
+
+
+def stow_accepted() -> Accepted:
+    """What STOW-RS takes: the same SOP Classes and Transfer Syntaxes the SCP negotiates."""
+    return Accepted(
+        frozenset(str(uid) for uid in STORAGE_SOP_CLASSES),
+        frozenset(str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES),
+    )
 
 
 def handle_echo(event: evt.Event) -> int:

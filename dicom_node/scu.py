@@ -1,4 +1,5 @@
-"""Sending results to the PACS: C-STORE with retries, then dead-letter.
+"""Sending results to the PACS: C-STORE (or STOW-RS, ``stow_client``) with retries, then
+dead-letter.
 
 ``StoreClient`` is the I/O seam (one association per batch, offering only the presentation
 contexts the files need); ``ResultSender`` owns the retry policy and the job-log updates.
@@ -12,9 +13,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -24,33 +23,19 @@ from pynetdicom.association import Association
 from pynetdicom.status import code_to_category
 
 from dicom_node.audit import AuditLog
-from dicom_node.config import PacsAddress, Settings
+from dicom_node.config import DicomWebAddress, PacsAddress, Settings, parse_destination
 from dicom_node.errors import SendError
 from dicom_node.joblog import DeliveryLog
 from dicom_node.joblog.records import DueDelivery
 from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.metrics import Metrics
+from dicom_node.store_result import StoreResult, StoreTransport
+from dicom_node.stow_client import StowClient
 from dicom_node.tls import client_context
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    """Outcome of one C-STORE: ``status`` None when no response came (association failed)."""
-
-    status: int | None
-    error: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.status is not None and code_to_category(self.status) in {"Success", "Warning"}
-
-
-class StoreTransport(Protocol):
-    def send(self, address: PacsAddress, files: Sequence[Path]) -> list[StoreResult]: ...
 
 
 class StoreClient:
@@ -131,6 +116,7 @@ class ResultSender:
         self._transport = transport or StoreClient(
             settings.ae_title, settings.network_timeout_seconds, self._tls
         )
+        self._stow = StowClient(settings.network_timeout_seconds)
         self._audit = audit
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -177,8 +163,12 @@ class ResultSender:
         for delivery in deliveries:
             by_destination.setdefault(delivery.destination, []).append(delivery)
         for destination, batch in by_destination.items():
-            address = PacsAddress.parse(destination)
-            results = self._transport.send(address, [Path(d.path) for d in batch])
+            address = parse_destination(destination)
+            files = [Path(d.path) for d in batch]
+            if isinstance(address, DicomWebAddress):
+                results = self._stow.send(address, files)
+            else:
+                results = self._transport.send(address, files)
             for delivery, result in zip(batch, results, strict=True):
                 self._record(delivery, result, destination)
             self._audit_batch(batch, results, destination)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the demo and the tests use: Orthanc (the PACS) with its DICOMweb plugin,
-# DCMTK (third-party DICOM clients), dicom3tools (dciodvfy, the IOD validator) and openssl.  Installs only what is missing.
+# DCMTK (third-party DICOM clients), dicom3tools (dciodvfy, the IOD validator), openssl, and
+# chromium with Node.js/npm for the browser test.  Installs only what is missing.
 set -euo pipefail
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
@@ -10,6 +11,12 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # DICOMweb lets a web viewer (OHIF) read the results from Orthanc.
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+# The browser test and `OHIF=1 make demo`: Node.js and npm fetch OHIF and playwright-core,
+# which drives Debian's chromium headless (with a font, so pages render text).
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

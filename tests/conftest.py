@@ -46,3 +46,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             names.add("shared_data")
         for name in sorted(names):
             item.add_marker(name)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set by the test modules that use a browser, not by directory.
+    config.addinivalue_line(
+        "markers", "browser: drives Debian's chromium with playwright-core (needs node and npm)"
+    )

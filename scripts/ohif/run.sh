@@ -6,20 +6,16 @@ set -euo pipefail
 study=$1
 out=$(realpath -m "${2:-ohif.png}")
 here=$(cd "$(dirname "$0")" && pwd)
-work=${OHIF_WORK:-/tmp/dicom-node-ohif}
 orthanc=${ORTHANC_URL:-http://127.0.0.1:8042}
 port=${OHIF_PORT:-8090}
-mkdir -p "$work"
-cd "$work"
-if [ ! -d package/dist ]; then
-  npm pack --silent @ohif/app@3.13.2 >/dev/null && tar xzf ohif-app-3.13.2.tgz
-fi
-[ -d node_modules/playwright-core ] || npm install --silent --no-audit --no-fund playwright-core
-python3 "$here/app_config.py" package/dist/app-config.js > app-config.js
-python3 "$here/serve.py" package/dist "$orthanc" "$port" app-config.js &
+cache=$("$here/install.sh")
+dist="$cache/ohif-3.13.2/package/dist"
+config=$(mktemp --suffix=.js)
+python3 "$here/app_config.py" "$dist/app-config.js" > "$config"
+python3 "$here/serve.py" "$dist" "$orthanc" "$port" "$config" &
 server=$!
-trap 'kill $server' EXIT
+trap 'kill $server; rm -f "$config"' EXIT
 sleep 1
-NODE_PATH="$work/node_modules" node "$here/screenshot.js" \
+NODE_PATH="$cache/node_modules" timeout 300 node "$here/screenshot.js" \
   "http://127.0.0.1:$port/viewer?StudyInstanceUIDs=$study" "$out"
 echo "wrote $out"

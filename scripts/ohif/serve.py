@@ -1,14 +1,18 @@
 """Serve OHIF's prebuilt ``dist/`` and proxy ``/dicom-web`` and ``/wado`` to Orthanc.
 
 Usage: python serve.py DIST ORTHANC_URL PORT APP_CONFIG_JS
-A development aid for checking how OHIF shows the node's results; not for production.
+A development and test aid for checking how OHIF shows the node's results; not for
+production.  Binds 127.0.0.1 only and exits when the process that started it is gone.
 """
 
 from __future__ import annotations
 
 import http.server
+import os
 import socketserver
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,10 +42,12 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         accept = {"Accept": self.headers["Accept"]} if self.headers["Accept"] else {}
         request = urllib.request.Request(ORTHANC + self.path, headers=accept)
         try:
-            with urllib.request.urlopen(request) as response:
+            with urllib.request.urlopen(request, timeout=120) as response:
                 self._send(response.status, response.headers["Content-Type"], response.read())
         except urllib.error.HTTPError as exc:
             self._send(exc.code, "text/plain", b"")
+        except (urllib.error.URLError, TimeoutError):
+            self._send(502, "text/plain", b"Orthanc is not answering")  # down or stopped
 
     def _send(self, code: int, content_type: str, body: bytes) -> None:
         self.send_response(code)
@@ -55,4 +61,14 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
-Server(("127.0.0.1", PORT), Handler).serve_forever()
+def exit_with_parent(server: Server) -> None:
+    # A test or demo killed without cleanup must not leave the server behind.
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1)
+    server.shutdown()
+
+
+server = Server(("127.0.0.1", PORT), Handler)
+threading.Thread(target=exit_with_parent, args=(server,), daemon=True).start()
+server.serve_forever()

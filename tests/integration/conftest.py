@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,14 +14,21 @@ from tests.support.node import NodeProcess
 from tests.support.nodecheck import SandboxNode
 from tests.support.orthanc import NodeTarget, OrthancServer
 from tests.support.stack import Stack
+from tests.support.viewer import ViewerTools, install_viewer, missing_tools
 
 
 @pytest.fixture
 def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """Build a stack; keyword arguments become ``DICOM_NODE_*`` settings of the node."""
+    """Build a stack; keyword arguments become ``DICOM_NODE_*`` settings of the node, and
+    ``orthanc_options`` go to ``OrthancServer`` (``routing``, ``dicomweb_servers``...)."""
     stacks: list[Stack] = []
 
-    def build(start_orthanc: bool = True, start_node: bool = True, **settings: str) -> Stack:
+    def build(
+        start_orthanc: bool = True,
+        start_node: bool = True,
+        orthanc_options: dict[str, Any] | None = None,
+        **settings: str,
+    ) -> Stack:
         node_port = free_port()
         orthanc_dicom = free_port()
         workdir = tmp_path / f"stack{len(stacks)}"
@@ -30,6 +39,7 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
             dicom_port=orthanc_dicom,
             node=NodeTarget("AINODE", "127.0.0.1", node_port),
             stable_age=1,
+            **(orthanc_options or {}),
         )
         env = {
             "DICOM_NODE_AE_TITLE": "AINODE",
@@ -67,3 +77,23 @@ def sandbox() -> Iterator[list[SandboxNode]]:
     yield nodes
     for node in nodes:
         node.stop()
+
+
+@pytest.fixture(scope="session")
+def viewer_tools() -> ViewerTools:
+    """OHIF and playwright-core from the npm cache (fetched on first use; CI has npm)."""
+    missing = missing_tools()
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: run scripts/install-system-deps.sh")
+    return install_viewer()
+
+
+@pytest.fixture
+def browser_artefacts(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a browser test leaves its screenshots: ``$DICOM_NODE_BROWSER_ARTEFACTS/<test>``
+    (e.g. a CI artefact folder) or the test's tmp dir."""
+    root = os.environ.get("DICOM_NODE_BROWSER_ARTEFACTS")
+    folder = Path(root) / request.node.name if root else tmp_path / "browser"
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"browser artefacts (screenshots): {folder}")
+    return folder

@@ -1,12 +1,16 @@
-"""``make demo``: Orthanc and the node on loopback, a real chest CR through the whole path.
+"""``make demo``: Orthanc and the node on loopback, a radiograph and a CT through the whole path.
 
 1. starts Orthanc (Debian package) with ``orthanc/orthanc.json`` and the Lua routing script,
-   and ``dicom-node serve`` wired to it;
-2. uploads pydicom-data's real chest radiograph (``RG1_UNCR.dcm``) to Orthanc, as a
-   modality would; Orthanc forwards the stable study to the node;
-3. waits for the SR and the heatmap Secondary Capture to come back into the same study,
-   prints the finding, the probabilities, a timeline and where to look;
-4. keeps both running for browsing until Ctrl-C (``--exit`` stops right away).
+   and ``dicom-node serve`` wired to it; with ``--ohif`` (``OHIF=1 make demo``) also OHIF,
+   served locally with a DICOMweb proxy to Orthanc (needs npm; fetched once into a cache);
+2. uploads to Orthanc, as modalities would: pydicom-data's real chest radiograph
+   (``RG1_UNCR.dcm``, as a copy without its invalid Pixel Spacing 0\\0, which OHIF cannot
+   render) and a synthetic chest CT phantom series (labelled synthetic in its descriptions);
+   Orthanc forwards each stable study to the node;
+3. waits for the results (X-ray: SR and heatmap SC; CT: SR, SEG and key images) to come back
+   into the same studies and prints them, what the label means, where the heatmap is, a
+   timeline, and the Orthanc Explorer and OHIF links;
+4. keeps everything running for browsing until Ctrl-C (``--exit`` stops right away).
 
 Research use only, not for diagnosis.
 """
@@ -14,8 +18,9 @@ Research use only, not for diagnosis.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import json
+import os
 import shutil
 import socket
 import subprocess
@@ -23,20 +28,19 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import pydicom
 from PIL import Image
-from pydicom.data import get_testdata_file
 
 from dicom_node import RESEARCH_NOTICE
-from dicom_node.domain import SEVERITY_LEVEL_NAMES
-from dicom_node.outputs.codes import CLASS_DISPLAY_NAME
 from dicom_node.outputs.readers import read_xray_report
+from tests.support import demo_report
+from tests.support.factories import encode, viewable_chest_cr
 from tests.support.net import free_port
 from tests.support.node import NodeProcess
 from tests.support.orthanc import NodeTarget, OrthancServer
-from tests.support.stack import SC_STORAGE, SR_STORAGE
+from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE
+from tests.support.synthetic import PhantomSeries, write_phantom_series
+from tests.support.viewer import OhifServer, install_viewer
 
 ORTHANC_STABLE_AGE = 2
 NODE_QUIET_SECONDS = 2
@@ -51,25 +55,22 @@ def _port(preferred: int) -> int:
             return free_port()
 
 
-def _parse_time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.rstrip("Z")) if text else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--exit", action="store_true", help="stop once the results are back")
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--ohif",
+        action="store_true",
+        default=os.environ.get("OHIF", "") not in ("", "0"),
+        help="also serve OHIF on loopback (default from $OHIF=1; needs npm)",
+    )
     args = parser.parse_args(argv)
 
-    sample = Path(get_testdata_file("RG1_UNCR.dcm") or "")
-    if not sample.is_file():
-        print("pydicom-data is missing: run `make install`", file=sys.stderr)
-        return 1
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
     args.workdir.mkdir(parents=True)
-
     node_port, orthanc_dicom = _port(11112), _port(4242)
     orthanc = OrthancServer(
         args.workdir / "orthanc",
@@ -89,59 +90,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     node = NodeProcess(args.workdir / "node-data", env, args.workdir / "node.log")
     print(f"dicom-node demo - {RESEARCH_NOTICE}\n")
+    with contextlib.ExitStack() as running:
+        try:
+            print(f"starting Orthanc on {orthanc.url} (DICOM {orthanc_dicom})")
+            orthanc.start()
+            running.callback(orthanc.stop)
+            print(f"starting dicom-node AINODE on 127.0.0.1:{node_port} (loading models)")
+            node.start()
+            running.callback(node.stop)
+            ohif = _start_ohif(args, orthanc, running) if args.ohif else None
+            return _run(args, orthanc, node, ohif)
+        except KeyboardInterrupt:
+            print("\ninterrupted")
+            return 130
+        finally:
+            print("stopping dicom-node, Orthanc and OHIF")
+    return 0
+
+
+def _start_ohif(
+    args: argparse.Namespace, orthanc: OrthancServer, running: contextlib.ExitStack
+) -> OhifServer | None:
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        print("OHIF: not started, node/npm are not installed (scripts/install-system-deps.sh)")
+        return None
+    print("fetching OHIF into the viewer cache (first time only, about 50 MB)")
     try:
-        print(f"starting Orthanc on http://127.0.0.1:{orthanc.http_port} (DICOM {orthanc_dicom})")
-        orthanc.start()
-        print(f"starting dicom-node AINODE on 127.0.0.1:{node_port} (loading models)")
-        node.start()
-        return _run(args, sample, orthanc, node)
-    except KeyboardInterrupt:
-        print("\ninterrupted")
-        return 130
-    finally:
-        print("stopping dicom-node and Orthanc")
-        node.stop()
-        orthanc.stop()
+        tools = install_viewer()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"OHIF: not started ({exc})")
+        return None
+    ohif = OhifServer(tools, orthanc.url, args.workdir / "ohif", port=_port(8090))
+    ohif.start()
+    running.callback(ohif.stop)
+    print(f"OHIF on {ohif.url} (DICOMweb proxied to Orthanc)")
+    return ohif
 
 
-def _run(args: argparse.Namespace, sample: Path, orthanc: OrthancServer, node: NodeProcess) -> int:
-    source = pydicom.dcmread(sample, stop_before_pixels=True)
-    study_uid = str(source.StudyInstanceUID)
-    print(f"uploading {sample.name} (chest CR, {source.Rows}x{source.Columns}) to Orthanc")
-    uploaded_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    orthanc.upload(sample.read_bytes())
+def _run(
+    args: argparse.Namespace, orthanc: OrthancServer, node: NodeProcess, ohif: OhifServer | None
+) -> int:
+    radiograph, change = viewable_chest_cr()
+    xray_uid = str(radiograph.StudyInstanceUID)
+    print(f"\nuploading RG1_UNCR.dcm (real chest CR, {radiograph.Rows}x{radiograph.Columns})")
+    if change:
+        print(f"  sent as a copy: {change}")
+    xray_uploaded = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    orthanc.upload(encode(radiograph))
+
+    phantom = write_phantom_series(args.workdir / "ct-phantom", n_slices=64, size=256, seed=21)
+    print(f"uploading a synthetic chest CT phantom series ({len(phantom.files)} slices of 256x256)")
+    ct_uploaded = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    for path in phantom.files:
+        orthanc.upload(path.read_bytes())
     print(f"waiting: Orthanc StableAge {ORTHANC_STABLE_AGE} s, node quiet {NODE_QUIET_SECONDS} s")
     try:
-        found = orthanc.wait_results(study_uid, "AINODE", {SR_STORAGE, SC_STORAGE}, args.timeout)
+        xray = orthanc.wait_results(xray_uid, "AINODE", {SR_STORAGE, SC_STORAGE}, args.timeout)
+        ct = orthanc.wait_results(
+            phantom.study_instance_uid,
+            "AINODE",
+            {SR_STORAGE, SEG_STORAGE, SC_STORAGE},
+            args.timeout,
+        )
     except TimeoutError as exc:
         print(f"{exc}; node log: {node.log_path}", file=sys.stderr)
         return 1
-    [report] = read_xray_report(found[SR_STORAGE][0])
-    job = _job(node, study_uid)
 
-    print(f"\nFinding: {CLASS_DISPLAY_NAME[report.label]} (model {report.algorithm})")
-    for key, value in sorted(report.probabilities.items(), key=lambda kv: -kv[1]):
-        print(f"  {CLASS_DISPLAY_NAME[key]:<22} {value:6.3f}")
-    if report.label != max(report.probabilities, key=report.probabilities.__getitem__):
-        print(
-            "  (the label rule weighs COVID-19 up, a triage operating point fitted on validation;"
-            "\n   see models/xray_classifier/*/model_card.md)"
-        )
-    if report.severity_level is not None:
-        print(
-            f"  COVID-19 severity: level {report.severity_level} "
-            f"{SEVERITY_LEVEL_NAMES[report.severity_level]} (geographic extent "
-            f"{report.geographic_extent:.1f}/8, opacity {report.opacity:.1f}/6; expected scores,"
-            "\n   near 0 when the classifier finds the lungs normal; see "
-            "models/xray_severity/*/model_card.md)"
-        )
+    # Every result has arrived once the jobs are done (the key images come last).
+    xray_job = demo_report.job_for(node, xray_uid)
+    ct_job = demo_report.job_for(node, phantom.study_instance_uid)
+    ct = orthanc.results_from(phantom.study_instance_uid, "AINODE", set(ct))
+    [report] = read_xray_report(xray[SR_STORAGE][0])
     heatmap = args.workdir / "heatmap.png"
-    Image.fromarray(found[SC_STORAGE][0].pixel_array).save(heatmap)
-    study_id = orthanc.study_id(study_uid)
-    print(f"\nOrthanc Explorer: {orthanc.url}/app/explorer.html#study?uuid={study_id}")
-    print(f"Heatmap (Secondary Capture as PNG): {heatmap.resolve()}")
-    print(f"DICOMweb for OHIF: {orthanc.url}/dicom-web/")
-    _print_timeline(job, uploaded_at)
+    Image.fromarray(xray[SC_STORAGE][0].pixel_array).save(heatmap)
+    demo_report.print_xray(report, xray[SC_STORAGE][0], heatmap)
+    demo_report.print_ct(ct[SR_STORAGE][0], ct[SEG_STORAGE][0], len(ct[SC_STORAGE]), phantom)
+    _print_links(orthanc, ohif, xray_uid, phantom)
+
+    demo_report.print_timeline("X-ray", xray_job, xray_uploaded, ORTHANC_STABLE_AGE)
+    demo_report.print_timeline("CT", ct_job, ct_uploaded, ORTHANC_STABLE_AGE)
+    print("  (Orthanc checks stability once a second, so up to 1 s of that is its polling)")
     print("\nJob log (dicom-node jobs):")
     subprocess.run([sys.executable, "-m", "dicom_node", "jobs"], env=node.env, check=False)
     print(f"\n{RESEARCH_NOTICE}")
@@ -153,43 +181,23 @@ def _run(args: argparse.Namespace, sample: Path, orthanc: OrthancServer, node: N
     return 0
 
 
-def _job(node: NodeProcess, study_uid: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 30
-    while True:
-        out = subprocess.run(
-            [sys.executable, "-m", "dicom_node", "jobs", "--json"],
-            env=node.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        jobs: list[dict[str, Any]] = [json.loads(line) for line in out.splitlines() if line.strip()]
-        done = [j for j in jobs if j["study_instance_uid"] == study_uid and j["state"] == "done"]
-        if done or time.monotonic() > deadline:
-            return done[-1] if done else jobs[-1]
-        time.sleep(0.2)
-
-
-def _print_timeline(job: dict[str, Any], uploaded_at: dt.datetime) -> None:
-    keys = ("received_at", "queued_at", "started_at", "processed_at", "finished_at")
-    stamps = [_parse_time(job.get(key)) for key in keys]
-    if any(stamp is None for stamp in stamps):
-        return
-    received, queued, started, processed, finished = (s for s in stamps if s is not None)
-
-    def seconds(a: dt.datetime, b: dt.datetime) -> float:
-        return (b - a).total_seconds()
-
-    forward = seconds(uploaded_at, received)
-    print("\nTimeline (seconds):")
-    print(f"  upload -> node received      {forward:6.2f}  (StableAge + forward)")
-    print(f"  node quiet period            {seconds(received, queued):6.2f}")
-    print(f"  queue wait                   {seconds(queued, started):6.2f}")
-    print(f"  analysis + building outputs  {seconds(started, processed):6.2f}")
-    print(f"  C-STORE SR + SC to Orthanc   {seconds(processed, finished):6.2f}")
-    active = forward - ORTHANC_STABLE_AGE + seconds(queued, finished)
-    print(f"  Orthanc -> node -> SR stored back, quiet periods excluded: {active:.2f} s")
-    print("  (Orthanc checks stability once a second, so up to 1 s of that is its polling)")
+def _print_links(
+    orthanc: OrthancServer, ohif: OhifServer | None, xray_uid: str, phantom: PhantomSeries
+) -> None:
+    print("\nWhere to look:")
+    for name, uid in (("X-ray", xray_uid), ("CT", phantom.study_instance_uid)):
+        study_page = f"{orthanc.url}/app/explorer.html#study?uuid={orthanc.study_id(uid)}"
+        print(f"  {name} in Orthanc Explorer: {study_page}")
+        if ohif is not None:
+            print(f"  {name} in OHIF:             {ohif.viewer_url(uid)}")
+    if ohif is None:
+        print("  OHIF: `OHIF=1 make demo` serves it here too (needs npm)")
+    else:
+        print(
+            "  In OHIF: double-click 'AI report' to draw the SR's region on the radiograph;"
+            "\n  'AI segmentation' loads the CT's segments (answer Yes)."
+        )
+    print(f"  DICOMweb: {orthanc.url}/dicom-web/")
 
 
 if __name__ == "__main__":

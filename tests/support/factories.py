@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 from functools import lru_cache
 
 import numpy as np
@@ -32,6 +33,27 @@ def chest_cr(new_uids: bool = False) -> Dataset:
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+def viewable_chest_cr(new_uids: bool = False) -> tuple[Dataset, str | None]:
+    """The real chest CR as a viewer can show it, and what was changed (None: nothing).
+
+    RG1 carries Pixel Spacing 0\\0, which is invalid (spacing must be positive) and makes
+    OHIF's viewport fail to render; the copy drops it (Imager Pixel Spacing is absent too,
+    so the node and the viewer treat the image as uncalibrated)."""
+    ds = chest_cr(new_uids)
+    spacing = ds.get("PixelSpacing")
+    if spacing is not None and any(float(v) <= 0 for v in spacing):
+        del ds.PixelSpacing
+        return ds, "removed the invalid Pixel Spacing 0\\0 (OHIF cannot render it)"
+    return ds, None
+
+
+def encode(ds: Dataset) -> bytes:
+    """A dataset as DICOM file bytes (for ``OrthancServer.upload``)."""
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def small_cr(rows: int = 64, columns: int = 48) -> Dataset:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ class OrthancServer:
         stable_age: int = 1,
         routing: bool = True,
         tls: OrthancTls | None = None,
+        dicomweb_servers: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.http_port = http_port
@@ -67,6 +69,8 @@ class OrthancServer:
         self.stable_age = stable_age
         self.routing = routing
         self.tls = tls
+        # DICOMweb servers Orthanc can STOW to (``DicomWeb.Servers``): name -> root URL.
+        self.dicomweb_servers = dicomweb_servers or {}
         self.url = f"http://127.0.0.1:{http_port}"
         self.log_path = self.workdir / "orthanc.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -87,6 +91,10 @@ class OrthancServer:
                 "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
             }
         )
+        if self.dicomweb_servers:
+            config["DicomWeb"]["Servers"] = {
+                name: [url.rstrip("/") + "/"] for name, url in self.dicomweb_servers.items()
+            }
         node = config["DicomModalities"]["ainode"]
         node.update({"AET": self.node.ae_title, "Host": self.node.host, "Port": self.node.port})
         if self.tls is not None:
@@ -179,12 +187,20 @@ class OrthancServer:
                     {
                         "id": instance_id,
                         "series": series["MainDicomTags"],
-                        "remote_aet": self.get(
-                            f"/instances/{instance_id}/metadata/RemoteAET"
-                        ).decode(),
+                        "remote_aet": self._metadata(instance_id, "RemoteAET"),
+                        "origin": self._metadata(instance_id, "Origin"),
                     }
                 )
         return found
+
+    def _metadata(self, instance_id: str, name: str) -> str:
+        """An instance's metadata item; '' when Orthanc has none (RemoteAET after REST/STOW)."""
+        try:
+            return str(self.get(f"/instances/{instance_id}/metadata/{name}").decode())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return ""
+            raise
 
     def instance_file(self, instance_id: str) -> bytes:
         data: bytes = self.get(f"/instances/{instance_id}/file")
@@ -193,7 +209,8 @@ class OrthancServer:
     def results_from(
         self, study_instance_uid: str, sender_ae: str, sop_classes: set[str]
     ) -> dict[str, list[Dataset]]:
-        """Instances of the study that ``sender_ae`` stored, by SOP Class UID."""
+        """Instances of the study that ``sender_ae`` stored, by SOP Class UID (``sender_ae``
+        "" means stored over HTTP: REST or STOW-RS)."""
         found: dict[str, list[Dataset]] = {}
         for item in self.study_instances(study_instance_uid):
             if item["remote_aet"] != sender_ae:

@@ -2,7 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.config import ConfigError, PacsAddress, load_settings
+from dicom_node.config import (
+    ConfigError,
+    DicomWebAddress,
+    PacsAddress,
+    load_settings,
+    parse_destination,
+)
 
 
 def test_defaults_match_the_documented_values() -> None:
@@ -78,3 +84,32 @@ def test_unknown_key_in_file_is_an_error(tmp_path: Path) -> None:
 
 def test_pacs_can_be_switched_off() -> None:
     assert load_settings(environ={"DICOM_NODE_PACS": "none"}).pacs is None
+
+
+def test_pacs_can_be_a_dicomweb_root_for_stow_rs() -> None:
+    url = "dicomweb+http://pacs.local:8042/dicom-web/"
+    pacs = load_settings(environ={"DICOM_NODE_PACS": url}).pacs
+    assert pacs == DicomWebAddress("http://pacs.local:8042/dicom-web")
+    assert str(pacs) == url.rstrip("/")  # what the job log records as the destination
+    assert parse_destination(str(pacs)) == pacs
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("dicomweb+ftp://pacs/dicom-web", "expected dicomweb"),
+        ("dicomweb+http:///dicom-web", "expected dicomweb"),
+        ("dicomweb+https://user:secret@pacs/dicom-web", "no credentials"),
+        ("dicomweb+http://pacs/" + "x" * 200, "longer than 128"),
+    ],
+)
+def test_bad_dicomweb_pacs_names_the_setting(value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=rf"DICOM_NODE_PACS.*{problem}"):
+        load_settings(environ={"DICOM_NODE_PACS": value})
+
+
+def test_stow_rs_intake_is_off_by_default_and_takes_a_port() -> None:
+    assert load_settings(environ={}).dicomweb_port is None
+    assert load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "8111"}).dicomweb_port == 8111
+    with pytest.raises(ConfigError, match="DICOM_NODE_DICOMWEB_PORT"):
+        load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "70000"})

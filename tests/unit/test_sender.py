@@ -10,14 +10,17 @@ import pytest
 from pydicom import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from dicom_node.config import PacsAddress, Settings
+from dicom_node.config import DicomWebAddress, PacsAddress, Settings
 from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.filing import Intake
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import InstanceRecord
 from dicom_node.joblog.schema import JobState, utcnow
 from dicom_node.metrics import Metrics
 from dicom_node.outputs.xray import build_xray_outputs
+from dicom_node.scp import stow_accepted
 from dicom_node.scu import ResultSender
+from dicom_node.stow_server import StowServer
 from dicom_node.worker import Worker
 from tests.support.factories import small_cr, synthetic_xray_finding
 from tests.support.net import free_port
@@ -74,13 +77,10 @@ def _sending_job(
         "fsync": False,
         "send_backoff_seconds": 0.05,
         "send_max_attempts": 3,
+        "pacs": PacsAddress("PACS", "127.0.0.1", pacs_port),
         **overrides,
     }
-    settings = Settings(
-        data_dir=tmp_path / "data",
-        pacs=PacsAddress("PACS", "127.0.0.1", pacs_port),
-        **values,  # type: ignore[arg-type]
-    )
+    settings = Settings(data_dir=tmp_path / "data", **values)  # type: ignore[arg-type]
     joblog = JobLog.open(settings.database_path)
     source = small_cr()
     outcome = joblog.intake.record_instance(
@@ -188,3 +188,48 @@ def test_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, send_backoff_seconds=2, send_backoff_max_seconds=10)
     sender = ResultSender(settings, None, Metrics())  # type: ignore[arg-type]
     assert [sender.backoff(n) for n in range(1, 6)] == [2, 4, 8, 10, 10]
+
+
+def test_stow_rs_failure_reasons_are_retried_then_dead_lettered(tmp_path: Path) -> None:
+    # The node's own STOW-RS intake as the receiver: a real STOW-RS server that refuses SR and
+    # SC (not analysed), answering 409 with Failure Reason 0x0122 for each instance.
+    receiver = Settings(
+        data_dir=tmp_path / "receiver", dicomweb_port=free_port(), min_free_disk_mb=0
+    )
+    receiver_log = JobLog.open(receiver.database_path)
+    (receiver.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
+    intake = Intake(receiver, receiver_log.intake, Metrics(), lambda _o, _k: None)
+    server = StowServer(intake, stow_accepted())
+    server.start()
+    try:
+        url = f"dicomweb+http://127.0.0.1:{server.port}/dicom-web"
+        settings, joblog, job_id = _sending_job(
+            tmp_path, 0, pacs=DicomWebAddress.parse(url), send_max_attempts=2
+        )
+        assert _drain(ResultSender(settings, joblog.deliveries, Metrics()), joblog, job_id) == (
+            JobState.DEAD
+        )
+        job = joblog.admin.job(job_id)
+        assert job is not None and "Failure Reason 0x0122" in (job.error or "")
+        refused = [row for row in receiver_log.admin.job_rows() if row.state == "rejected"]
+        assert len(refused) == 2 * settings.send_max_attempts  # SR and SC, each attempt
+    finally:
+        server.stop()
+        receiver_log.close()
+
+
+def test_stow_rs_server_down_is_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Delivery once the server is up: tests/integration/test_dicomweb.py, with Orthanc.
+    port = free_port()
+    settings, joblog, job_id = _sending_job(
+        tmp_path,
+        0,
+        pacs=DicomWebAddress.parse(f"dicomweb+http://127.0.0.1:{port}/dicom-web"),
+        send_max_attempts=50,
+    )
+    sender = ResultSender(settings, joblog.deliveries, Metrics())
+    assert sender.send_due()  # attempt 1: connection refused
+    job = joblog.admin.job(job_id)
+    assert job is not None and job.state == JobState.SENDING
+    assert joblog.deliveries.due() == []  # waiting for its backoff
+    assert caplog.text.count("STOW-RS request failed (ConnectionError)") == 2  # SR and SC

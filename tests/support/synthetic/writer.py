@@ -118,7 +118,9 @@ def _template(
     ds.SeriesNumber = series_number
     ds.SeriesDate = ds.StudyDate
     ds.SeriesTime = ds.StudyTime
-    ds.SeriesDescription = "Phantom chest 1 mm" if phantom.slice_spacing <= 1.5 else "Phantom chest"
+    ds.SeriesDescription = "Synthetic phantom chest" + (
+        " 1 mm" if phantom.slice_spacing <= 1.5 else ""
+    )
     ds.BodyPartExamined = "CHEST"
     ds.PatientPosition = "HFS"
     ds.FrameOfReferenceUID = frame_uid
