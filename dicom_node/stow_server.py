@@ -261,7 +261,7 @@ def _sized(source: BinaryIO, length: int) -> Iterator[bytes]:
     while left > 0:
         block = source.read(min(_CHUNK, left))
         if not block:
-            raise RequestRefused(400, "the body ended before Content-Length")
+            raise RequestRefused(400, "the body ended early")
         left -= len(block)
         yield block
 
@@ -278,13 +278,7 @@ def _chunked(source: BinaryIO) -> Iterator[bytes]:
             while source.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass
             return
-        left = size
-        while left > 0:
-            block = source.read(min(_CHUNK, left))
-            if not block:
-                raise RequestRefused(400, "the body ended inside a chunk")
-            left -= len(block)
-            yield block
+        yield from _sized(source, size)
         source.readline(16)  # the CRLF after each chunk
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pydicom
 from pydicom.data import get_testdata_file
-from pynetdicom import AE
 
 from dicom_node.outputs.readers import read_xray_report
 from tests.support.net import free_port
@@ -18,17 +17,6 @@ from tests.support.stack import SC_STORAGE, SR_STORAGE, Stack
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm") or "")
 OVER_HTTP = ""  # Orthanc records no RemoteAET for instances stored over HTTP
-
-
-def _c_store_to_node(stack: Stack, path: Path) -> int:
-    dataset = pydicom.dcmread(path)
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", stack.node_port, ae_title="AINODE")
-    assert assoc.is_established, stack.node_log()
-    status = assoc.send_c_store(dataset)
-    assoc.release()
-    return int(status.Status)
 
 
 def _wait_for_log(stack: Stack, text: str, timeout: float = 120) -> None:
@@ -47,7 +35,7 @@ def test_results_go_to_orthanc_by_stow_rs_retried_until_it_is_up(make_stack: Any
     stack.node.start()
     study_uid = str(pydicom.dcmread(RG1, stop_before_pixels=True).StudyInstanceUID)
 
-    assert _c_store_to_node(stack, RG1) == 0x0000  # a modality sends to the node directly
+    assert stack.c_store(pydicom.dcmread(RG1)) == 0x0000  # a modality sends to the node directly
     _wait_for_log(stack, "STOW-RS request failed (ConnectionError)")  # the PACS is down
     stack.orthanc.start()
 

@@ -14,7 +14,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_fragmented_frames
-from pynetdicom import AE
 
 from dicom_node.domain import XRAY_CLASSES
 from dicom_node.model_store import (
@@ -33,13 +32,7 @@ RG1_J2K = Path(get_testdata_file("RG1_J2KR.dcm") or "")
 
 
 def c_store(stack: Stack, dataset: Dataset, calling_ae: str = "MODALITY") -> int:
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", stack.node_port, ae_title="AINODE")
-    assert assoc.is_established, stack.node_log()
-    status = assoc.send_c_store(dataset)
-    assoc.release()
-    return int(status.Status)
+    return stack.c_store(dataset, calling_ae)
 
 
 def by_study(jobs: list[dict[str, Any]], study_uid: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
+from pynetdicom import AE
 
 from tests.support.node import NodeProcess
 from tests.support.orthanc import OrthancServer
@@ -78,6 +79,16 @@ class Stack:
             )
         except TimeoutError as exc:
             raise AssertionError(f"{exc}\n{self.node_log()}") from None
+
+    def c_store(self, dataset: Dataset, calling_ae: str = "MODALITY") -> int:
+        """Send one data set to the node directly, as a modality would; returns the status."""
+        ae = AE(ae_title=calling_ae)
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", self.node_port, ae_title=self.env["DICOM_NODE_AE_TITLE"])
+        assert assoc.is_established, self.node_log()
+        status = assoc.send_c_store(dataset)
+        assoc.release()
+        return int(status.Status)
 
     def node_log(self) -> str:
         return self.node.log_path.read_text()[-6000:] if self.node.log_path.exists() else ""
