@@ -45,6 +45,7 @@ bench: install system-deps
 	$(PY) bench/bench_turnaround.py
 	$(PY) bench/bench_xray.py
 	$(PY) bench/bench_ct.py
+	$(PY) bench/bench_scaleout.py
 
 # The commands that produced the shipped models, on 2 CPU cores. The X-ray classifier sees the
 # lung fields found by the segmentation model, so train-xray runs train-lungseg's result.

@@ -563,7 +563,9 @@ def _read(
     return bytes(data)
 
 
-REJECT_LINGER_SECONDS = 0.5  # the ARTIM wait for the peer to close after A-ASSOCIATE-RJ
+# The ARTIM wait for the peer to close after A-ASSOCIATE-RJ.  A requestor busy with other
+# associations (16 sending threads in one process, CI) can take longer than 0.5 s to read it.
+REJECT_LINGER_SECONDS = 2.0
 
 
 def _send_reject(stream: socket.socket, reject: tuple[int, int, int]) -> None:

@@ -3,6 +3,12 @@
 Start order follows the data: job log (with crash recovery), sender, worker, assembler (which
 re-arms timers of studies still gathering), admin HTTP, and last the SCP, so nothing is
 accepted before it can be filed.
+
+A process runs the parts of its ``roles`` (all four by default): ``intake`` (the SCP and the
+STOW-RS server), ``assembly`` (study completion), ``worker`` (the models), ``sender`` (result
+delivery).  Processes with different roles share the job log (PostgreSQL) and the data
+directory (a shared filesystem).  A node alone on its SQLite file treats whatever it finds
+running at start as its own, interrupted; nodes sharing a job log rely on the leases.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
 from dicom_node.filing import Intake, refile_unrecorded
 from dicom_node.http_admin import AdminServer
-from dicom_node.joblog import JobLog
+from dicom_node.joblog import JobLog, migrate
 from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
 from dicom_node.scp import start_scp, stow_accepted
@@ -43,7 +49,7 @@ class Node:
     ) -> None:
         self.settings = settings
         _prepare_data_dir(settings.data_dir)
-        self.joblog = JobLog.open(settings.database_path)
+        self.joblog = JobLog.open(settings.joblog_url)
         self.metrics = Metrics()
         self.metrics.watch_job_states(self.joblog.admin.state_counts)
         self.pipelines = pipelines or PipelineRegistry(settings.models_dir)
@@ -63,41 +69,58 @@ class Node:
         self._stopped = threading.Event()
 
     def start(self) -> None:
-        leftovers = remove_partial_files(self.settings.data_dir)
+        settings = self.settings
+        shared = settings.shared_joblog
+        # Other live nodes may be writing to shared storage: only old partial files are left.
+        leftovers = remove_partial_files(settings.data_dir, PARTIAL_FILE_AGE if shared else 0.0)
         if leftovers:
             log.warning("removed %d partial file(s) left by an interrupted write", leftovers)
-        restored = refile_unrecorded(self.settings, self.joblog.intake)
-        if restored:
-            log.warning("recorded %d inbox file(s) the job log had lost", restored)
-        recovered = self.joblog.queue.recover()
-        if recovered:
-            log.warning("re-queued %d job(s) interrupted by a previous stop", len(recovered))
-        if not self.settings.allowed_aes:
+        if settings.has_role("intake"):
+            restored = refile_unrecorded(settings, self.joblog.intake)
+            if restored:
+                log.warning("recorded %d inbox file(s) the job log had lost", restored)
+        if settings.has_role("worker"):
+            recovered = self.joblog.queue.reclaim_expired(
+                settings.job_max_attempts, everyone=not shared
+            )
+            if recovered:
+                log.warning("took back %d job(s) whose worker was lost", len(recovered))
+        log.info(
+            "roles %s; job log %s", ",".join(settings.roles), migrate.describe(self.joblog.engine)
+        )
+        if settings.has_role("intake") and not settings.allowed_aes:
             log.warning(
                 "allowed_aes is empty: any calling AE may connect and store (demo default); "
                 "production needs ALLOWED_AES (DICOM_NODE_ALLOWED_AES=PACS1,...)"
             )
         log.info("audit trail: %s", self.audit.path)
-        if self.settings.pacs is None:
+        if settings.pacs is None and settings.has_role("worker"):
             log.warning(
                 "no PACS configured: results are written to %s only", self.settings.outbox_dir
             )
-        self.sender.start()
-        self.worker.start()
-        self.assembler.start()
+        if settings.has_role("sender"):
+            self.sender.start()
+        if settings.has_role("worker"):
+            self.worker.start()
+        else:
+            self.worker.models_ready.set()  # no models in this process
+        if settings.has_role("assembly"):
+            self.assembler.start()
         self.admin.start()
-        intake = Intake(
-            self.settings,
-            self.joblog.intake,
-            self.metrics,
-            self.assembler.instance_received,
-            self.audit,
-            self.assembler.association_ended,
-        )
-        self._scp = start_scp(self.settings, intake, self.gate)
-        if self.settings.dicomweb_port is not None:
-            self.stow = StowServer(intake, stow_accepted(), self.audit)
-            self.stow.start()
+        if settings.has_role("intake"):
+            assembly = settings.has_role("assembly")
+            intake = Intake(
+                settings,
+                self.joblog.intake,
+                self.metrics,
+                self.assembler.instance_received if assembly else _nothing,
+                self.audit,
+                self.assembler.association_ended if assembly else _nothing,
+            )
+            self._scp = start_scp(settings, intake, self.gate)
+            if settings.dicomweb_port is not None:
+                self.stow = StowServer(intake, stow_accepted(), self.audit)
+                self.stow.start()
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
 
     def stop(self) -> None:
@@ -119,13 +142,20 @@ class Node:
     def health(self) -> dict[str, Any]:
         """What ``/healthz`` reports; ``degraded`` whenever the node would refuse stores."""
         counts = self.joblog.admin.state_counts()
-        threads_ok = self.worker.alive() and self.sender.alive()
+        has = self.settings.has_role
+        worker_ok = self.worker.alive() or not has("worker")
+        sender_ok = self.sender.alive() or not has("sender")
+        threads_ok = worker_ok and sender_ok
         free_mb = free_disk_mb(self.settings.data_dir)
         disk_ok = free_mb >= self.settings.min_free_disk_mb
         joblog_ok = self.joblog.writable()
         problems = [
             *([] if threads_ok else ["a worker or the sender has stopped"]),
-            *([] if self._scp is not None else ["the DICOM listener is not running"]),
+            *(
+                []
+                if self._scp is not None or not has("intake")
+                else ["the DICOM listener is not running"]
+            ),
             *(
                 []
                 if disk_ok
@@ -138,9 +168,11 @@ class Node:
             "problems": problems,
             "version": __version__,
             "ae_title": self.settings.ae_title,
-            "dicom_port": self.settings.port,
-            "worker": "running" if self.worker.alive() else "stopped",
-            "sender": "running" if self.sender.alive() else "stopped",
+            "dicom_port": self.settings.port if has("intake") else None,
+            "roles": list(self.settings.roles),
+            "worker": _part_state(has("worker"), self.worker.alive()),
+            "worker_name": self.worker.name if has("worker") else None,
+            "sender": _part_state(has("sender"), self.sender.alive()),
             "models_loaded": self.pipelines.loaded(),
             "models_ready": self.worker.models_ready.is_set(),
             "device": self.pipelines.device,
@@ -163,6 +195,20 @@ class Node:
                 pass
         finally:
             self.stop()
+
+
+# A partial file this old on shared storage is no live node's write in progress.
+PARTIAL_FILE_AGE = 3600.0
+
+
+def _nothing(*_args: Any) -> None:
+    """An intake node without the assembly role: other nodes complete its studies."""
+
+
+def _part_state(has_role: bool, alive: bool) -> str:
+    if not has_role:
+        return "off"
+    return "running" if alive else "stopped"
 
 
 def _prepare_data_dir(path: Path) -> None:

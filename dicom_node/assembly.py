@@ -12,6 +12,12 @@ When a timer fires, routing decides between ``queued`` (with a pipeline and the 
 takes, stored on the job: the study is routed once) and ``ignored`` (with the reason).  On
 start, every gathering job gets its *full* quiet period again: after a crash the senders may
 still be resending, and a study must not be analysed with the instances received before it.
+
+With a shared job log the assembler also looks for gathering jobs that other intake nodes
+filed (every ``ADOPT_SECONDS``) and arms their timers from their last instance; the row lock
+in ``complete_job`` lets one assembler complete each study.  Release and open-association
+knowledge stays in the process that received the instances, so a study filed elsewhere
+completes after its quiet period.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Clock tolerance when checking that the quiet period really elapsed.
 _SLACK = dt.timedelta(milliseconds=50)
+# How often an assembler with a shared job log looks for studies other nodes are filing.
+ADOPT_SECONDS = 2.0
 
 
 class StudyAssembler:
@@ -52,7 +60,23 @@ class StudyAssembler:
         jobs = self._joblog.gathering_jobs()
         for job in jobs:
             self.arm(job.job_id, self._settings.quiet_seconds(job.modality))
+        if self._settings.shared_joblog:
+            self._scheduler.add_job(
+                self._adopt, "interval", seconds=ADOPT_SECONDS, id="adopt", max_instances=1
+            )
         log.info("study assembler started (%d gathering studies re-armed)", len(jobs))
+
+    def _adopt(self) -> None:
+        """Arm a timer for every gathering job that has none (filed by another node)."""
+        try:
+            for job in self._joblog.gathering_jobs():
+                if self._scheduler.get_job(f"job-{job.job_id}") is not None:
+                    continue
+                quiet = self._settings.quiet_seconds(job.modality)
+                remaining = quiet - (utcnow() - job.last_instance_at).total_seconds()
+                self.arm(job.job_id, max(remaining, 0.0))
+        except Exception:
+            log.exception("looking for gathering studies failed")
 
     def stop(self) -> None:
         if self._scheduler.running:

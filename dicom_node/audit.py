@@ -5,7 +5,8 @@ associations (accepted or refused, and why), the instances each association stor
 study, results delivered, and admin actions.  It holds UIDs, AE titles, hosts, counts and
 statuses, never patient names, IDs or other data-set values.
 
-File: ``audit_log``, or ``<data_dir>/audit.jsonl`` when unset; rotated at 10 MiB, five old
+File: ``audit_log``, or ``<data_dir>/audit.jsonl`` when unset (``audit-HOST-ROLES.jsonl`` for
+a process sharing its data directory with others); rotated at 10 MiB, five old
 files kept (``audit.jsonl.1`` ... ``.5``), created readable by the node's user and group only.
 Only the serving process rotates; short-lived commands (``dicom-node requeue``) append.
 """
@@ -18,6 +19,7 @@ import json
 import logging
 import logging.handlers
 import os
+import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +35,12 @@ FILE_MODE = 0o640
 
 
 def audit_path(settings: Settings) -> Path:
-    return settings.audit_log or settings.data_dir / "audit.jsonl"
+    if settings.audit_log is not None:
+        return settings.audit_log
+    if settings.shared_joblog:
+        # Processes sharing the data directory each rotate a file of their own.
+        return settings.data_dir / f"audit-{socket.gethostname()}-{'-'.join(settings.roles)}.jsonl"
+    return settings.data_dir / "audit.jsonl"
 
 
 class _PrivateRotatingHandler(logging.handlers.RotatingFileHandler):

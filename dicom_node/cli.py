@@ -1,4 +1,4 @@
-"""``dicom-node``: serve, echo, send, jobs, requeue, classify, config.
+"""``dicom-node``: serve, echo, send, jobs, requeue, classify, config, db.
 
 Every command is ``main(args)``-callable so tests can run it in-process.
 """
@@ -15,10 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from dicom_node import RESEARCH_NOTICE, __version__
 from dicom_node.config import PacsAddress, Settings, load_settings
 from dicom_node.errors import ConfigError
-from dicom_node.joblog import AdminLog, JobLog
+from dicom_node.joblog import AdminLog, JobLog, migrate
+from dicom_node.joblog.migrate import SchemaError
 from dicom_node.joblog.records import JobRow
 
 # CLI flag -> settings field, for ``serve`` (and the data dir for every command).
@@ -31,6 +34,8 @@ _SERVE_FLAGS = {
     "allowed_aes": "--allowed-aes",
     "study_quiet_seconds": "--quiet-seconds",
     "worker_threads": "--worker-threads",
+    "roles": "--roles",
+    "worker_name": "--worker-name",
     "models_dir": "--models-dir",
     "log_level": "--log-level",
 }
@@ -86,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--heatmap-dir", type=Path, help="write heatmap PNGs here")
 
     sub.add_parser("config", help="print the effective configuration as JSON")
+
+    db = sub.add_parser("db", help="the job log's schema (DICOM_NODE_DATABASE_URL)")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply the schema migrations this release needs")
+    db_sub.add_parser("check", help="exit 0 when the schema is this release's, else say why")
     return parser
 
 
@@ -119,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
     if command == "requeue":
         return _requeue(settings, args.job_ids, args.state)
+    if command == "db":
+        return _db(settings, args.db_command)
     if command == "classify":
         from dicom_node.classify import run_classify
 
@@ -151,6 +163,9 @@ def _serve(settings: Settings) -> int:
         return 2
     except OSError as exc:  # e.g. the port is taken
         print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"dicom-node: cannot start: the job log: {_db_error(exc)}", file=sys.stderr)
         return 1
     return 0
 
@@ -233,13 +248,50 @@ def _send(
 
 
 def _open_admin_log(settings: Settings) -> AdminLog | None:
-    if not settings.database_path.exists():
+    if settings.database_url is None and not settings.database_path.exists():
         print(
             f"dicom-node: no job log at {settings.database_path} (check DICOM_NODE_DATA_DIR)",
             file=sys.stderr,
         )
         return None
-    return JobLog.open(settings.database_path).admin
+    try:
+        return JobLog.open(settings.joblog_url).admin
+    except SchemaError as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        print(f"dicom-node: cannot open the job log: {_db_error(exc)}", file=sys.stderr)
+    return None
+
+
+def _db(settings: Settings, action: str) -> int:
+    from dicom_node.joblog.schema import make_engine
+
+    engine = make_engine(settings.joblog_url)
+    where = migrate.describe(engine)
+    try:
+        if action == "upgrade":
+            result = migrate.upgrade(engine)
+            if result.before == result.after:
+                print(f"job log at {where}: schema {result.after}, up to date")
+            else:
+                print(f"job log at {where}: schema {result.before or 'empty'} -> {result.after}")
+            return 0
+        print(f"job log at {where}: schema {migrate.check(engine)}, as this release needs")
+        return 0
+    except SchemaError as exc:
+        print(f"dicom-node: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(f"dicom-node: cannot reach the job log at {where}: {_db_error(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+
+
+def _db_error(exc: SQLAlchemyError) -> str:
+    """The driver's first line (no statement, no parameters)."""
+    original = getattr(exc, "orig", None) or exc
+    return str(original).strip().splitlines()[0] if str(original).strip() else type(exc).__name__
 
 
 def _jobs(
@@ -270,7 +322,15 @@ def _jobs(
         return 0
 
 
-_COLUMNS = (("JOB", 5), ("UPDATED", 19), ("STATE", 8), ("PIPELINE", 8), ("MOD", 3), ("N", 4))
+_COLUMNS = (
+    ("JOB", 5),
+    ("UPDATED", 19),
+    ("STATE", 8),
+    ("PIPELINE", 8),
+    ("MOD", 3),
+    ("N", 4),
+    ("WORKER", 16),
+)
 
 
 def format_header() -> str:
@@ -289,6 +349,7 @@ def format_row(row: JobRow, as_json: bool) -> str:
         row.pipeline or "-",
         row.modality or "-",
         str(row.instances),
+        row.worker or "-",
     )
     line = " ".join(cell.ljust(width) for cell, (_, width) in zip(cells, _COLUMNS, strict=True))
     detail = row.error or _summary_text(row.summary)

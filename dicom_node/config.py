@@ -30,6 +30,10 @@ ENV_PREFIX = "DICOM_NODE_"
 DEFAULT_QUIET_SECONDS: dict[str, float] = {"CR": 5.0, "DX": 5.0, "CT": 20.0}
 FALLBACK_QUIET_SECONDS = 10.0
 
+# What a node process does (``serve --roles``): receive and file, decide when studies are
+# complete, run the models, deliver the results.  One process does all four by default.
+ROLES: tuple[str, ...] = ("intake", "assembly", "worker", "sender")
+
 
 @dataclass(frozen=True)
 class PacsAddress:
@@ -103,6 +107,16 @@ class Settings:
     dicomweb_port: int | None = None
     dicomweb_host: str = "127.0.0.1"
     data_dir: Path = Path("var")
+    # The job log: None = the SQLite file in data_dir; ``postgresql+psycopg://user@host/db``
+    # for one job log shared by several node processes and hosts.
+    database_url: str | None = None
+    roles: tuple[str, ...] = ROLES
+    # How this process's workers appear in the job log (``dicom-node jobs``); None:
+    # ``host:pid``.  A claim not renewed within the lease is lost and the job re-queued, at
+    # most ``job_max_attempts`` claims in all, then failed.
+    worker_name: str | None = None
+    worker_lease_seconds: float = 60.0
+    job_max_attempts: int = 3
     # ``AE@host:port`` (C-STORE) or ``dicomweb+http://host:port/dicom-web`` (STOW-RS).
     pacs: Destination | None = PacsAddress("ORTHANC", "127.0.0.1", 4242)
     # Empty means any calling AE may connect (logged as a warning at start).
@@ -197,6 +211,22 @@ class Settings:
             raise ConfigError(f"{_label('pacs_tls')}: needs tls_cert and tls_key")
         if self.min_free_disk_mb < 0:
             raise ConfigError(f"{_label('min_free_disk_mb')}: must be >= 0")
+        unknown_roles = sorted(set(self.roles) - set(ROLES))
+        if unknown_roles or not self.roles:
+            raise ConfigError(
+                f"{_label('roles')}: a comma-separated subset of {','.join(ROLES)}"
+                + (f", got {','.join(unknown_roles)}" if unknown_roles else "")
+            )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("sqlite", "postgresql")
+        ):
+            raise ConfigError(
+                f"{_label('database_url')}: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB"
+            )
+        if self.worker_lease_seconds < 3:
+            raise ConfigError(f"{_label('worker_lease_seconds')}: must be >= 3")
+        if self.job_max_attempts < 1:
+            raise ConfigError(f"{_label('job_max_attempts')}: must be >= 1")
         if self.worker_threads < 0:
             raise ConfigError(f"{_label('worker_threads')}: must be >= 0 (0 = intake only)")
         if self.send_max_attempts < 1:
@@ -240,6 +270,19 @@ class Settings:
     def database_path(self) -> Path:
         return self.data_dir / "jobs.sqlite"
 
+    @property
+    def joblog_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.database_path}"
+
+    @property
+    def shared_joblog(self) -> bool:
+        """True unless one process owns the job log (SQLite, every role): then at start
+        everything left running is its own, from before a crash."""
+        return not self.joblog_url.startswith("sqlite") or set(self.roles) != set(ROLES)
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
     def describe(self) -> dict[str, Any]:
         """The effective configuration as plain values.
 
@@ -254,8 +297,18 @@ class Settings:
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = dict(value)
+            if item.name == "database_url" and value:
+                value = _hide_password(value)
             out[item.name] = value
         return out
+
+
+def _hide_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _label(name: str) -> str:
@@ -298,6 +351,11 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "aes":
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(item).strip() for item in items if str(item).strip())
+        if kind == "roles":
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(item).strip().lower() for item in items if str(item).strip())
+        if kind == "optstr":
+            return str(raw).strip() or None
         if kind == "bool":
             return _coerce_bool(raw)
         if kind == "int":
@@ -349,6 +407,11 @@ _FIELD_KINDS: dict[str, str] = {
     "dicomweb_port": "optport",
     "dicomweb_host": "str",
     "data_dir": "path",
+    "database_url": "optstr",
+    "roles": "roles",
+    "worker_name": "optstr",
+    "worker_lease_seconds": "float",
+    "job_max_attempts": "int",
     "pacs": "pacs",
     "allowed_aes": "aes",
     "require_called_ae": "bool",

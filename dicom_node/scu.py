@@ -156,7 +156,9 @@ class ResultSender:
 
     def send_due(self) -> bool:
         """One round: send the due deliveries of the oldest due job; False if none were due."""
-        deliveries = self._joblog.due()
+        # Long enough for one association per destination even at its network timeout.
+        hold = 3 * self._settings.network_timeout_seconds if self._settings.shared_joblog else None
+        deliveries = self._joblog.due(hold_seconds=hold)
         if not deliveries:
             return False
         by_destination: dict[str, list[DueDelivery]] = {}

@@ -12,6 +12,7 @@ import errno
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -64,11 +65,20 @@ def adopt_file(source: Path, target: Path, fsync: bool = True) -> None:
         _fsync_dir(target.parent)
 
 
-def remove_partial_files(root: Path) -> int:
-    """Delete ``.tmp-*.part`` files a crash left mid-write under ``root``; returns how many."""
+def remove_partial_files(root: Path, older_than_seconds: float = 0.0) -> int:
+    """Delete ``.tmp-*.part`` files a crash left mid-write under ``root``; returns how many.
+
+    ``older_than_seconds``: on storage other live nodes write to, only files no write could
+    still be producing."""
     removed = 0
+    cutoff = time.time() - older_than_seconds
     for leftover in root.rglob(".tmp-*.part"):
-        leftover.unlink(missing_ok=True)
+        try:
+            if older_than_seconds and leftover.stat().st_mtime > cutoff:
+                continue
+            leftover.unlink()
+        except FileNotFoundError:
+            continue
         removed += 1
     return removed
 

@@ -4,7 +4,10 @@ A job arrives routed (its pipeline and the instances it takes were decided once,
 completion); the worker reads those instances, runs the registry's pipeline on them, then the
 output builder paired with it, and writes the outputs to the outbox.  It runs in its own
 threads, separate from the SCP's association threads, and polls the job log (so a ``requeue``
-from another process is picked up) besides being woken directly.
+or a job queued by another node is picked up) besides being woken directly.
+
+Claims carry this process's worker name and a lease that a heartbeat thread renews; the poll
+also returns jobs whose worker (in any process) let its lease run out.
 
 Errors become job states here: ``NotAnalysable`` -> ``ignored``, any other error -> ``failed``,
 each with a one-line reason.
@@ -15,6 +18,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +44,11 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 
 
+def default_worker_name() -> str:
+    """``host:pid``: unique among the processes sharing a job log."""
+    return f"{socket.gethostname()}:{os.getpid()}"[:64]
+
+
 class Worker:
     def __init__(
         self,
@@ -57,6 +67,8 @@ class Worker:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.models_ready = threading.Event()
+        self.name = settings.worker_name or default_worker_name()
+        self._lease = settings.worker_lease_seconds
 
     def start(self) -> None:
         for index in range(self._settings.worker_threads):
@@ -66,6 +78,11 @@ class Worker:
         if not self._threads:
             self.models_ready.set()  # nothing to load in an intake-only node
             log.warning("worker_threads=0: intake only, queued jobs wait for a worker")
+            return
+        heartbeat = threading.Thread(target=self._heartbeat, name="worker-heartbeat", daemon=True)
+        heartbeat.start()
+        self._threads.append(heartbeat)
+        log.info("worker %s started (lease %g s)", self.name, self._lease)
 
     def stop(self) -> None:
         self._stop.set()
@@ -85,7 +102,8 @@ class Worker:
         self.models_ready.set()
         while not self._stop.is_set():
             try:
-                job = self._joblog.claim_next()
+                self._joblog.reclaim_expired(self._settings.job_max_attempts)
+                job = self._joblog.claim_next(self.name, self._lease)
             except Exception:
                 log.exception("claiming a job failed")
                 job = None
@@ -94,6 +112,14 @@ class Worker:
                 self._wake.clear()
                 continue
             self.process(job)
+
+    def _heartbeat(self) -> None:
+        """Renew this worker's leases three times per lease (a missed beat is not fatal)."""
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._joblog.heartbeat(self.name, self._lease)
+            except Exception:
+                log.exception("renewing the job leases failed")
 
     def _preload(self) -> None:
         for name in self._pipelines.names():
@@ -128,11 +154,13 @@ class Worker:
             summary = json.dumps(loaded.pipeline.summarise(finding), separators=(",", ":"))
             destination = str(self._settings.pacs) if self._settings.pacs else None
             info = loaded.pipeline.model_info
-            self._joblog.processed(job.id, info.name, info.version, summary, outputs, destination)
+            recorded = self._joblog.processed(
+                job.id, info.name, info.version, summary, outputs, destination, job.worker
+            )
         except NotAnalysable as exc:
             reason = redact(str(exc), sources)
             log.info("job %d ignored: %s", job.id, reason)
-            self._joblog.ignore(job.id, reason)
+            self._claim_lost(job, self._joblog.ignore(job.id, reason, job.worker))
             return
         except PipelineError as exc:
             self._fail(job, redact(str(exc), sources))
@@ -142,6 +170,9 @@ class Worker:
             reason = f"{step} failed ({type(exc).__name__})"
             log.debug("job %d failed", job.id, exc_info=True)
             self._fail(job, reason)
+            return
+        if not recorded:
+            self._claim_lost(job, recorded)
             return
         elapsed = time.monotonic() - started
         self._metrics.processing_seconds.labels(pipeline=job.pipeline).observe(elapsed)
@@ -158,7 +189,13 @@ class Worker:
 
     def _fail(self, job: ClaimedJob, error: str) -> None:
         log.warning("job %d failed: %s", job.id, error)
-        self._joblog.fail(job.id, error)
+        self._claim_lost(job, self._joblog.fail(job.id, error, job.worker))
+
+    @staticmethod
+    def _claim_lost(job: ClaimedJob, recorded: bool) -> None:
+        if not recorded:
+            # Stalled past the lease: another worker has the job now, its outcome counts.
+            log.warning("job %d: claim lost before the outcome was recorded; discarded", job.id)
 
     def _write_output(self, study_uid: str, dataset: Dataset) -> ResultFile:
         buffer = io.BytesIO()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the demo and the tests use: Orthanc (the PACS) with its DICOMweb plugin,
-# DCMTK (third-party DICOM clients), dicom3tools (dciodvfy, the IOD validator), openssl, and
-# chromium with Node.js/npm for the browser test.  Installs only what is missing.
+# DCMTK (third-party DICOM clients), dicom3tools (dciodvfy, the IOD validator), openssl,
+# chromium with Node.js/npm for the browser test, and PostgreSQL (the tests start throwaway
+# clusters of their own with initdb/pg_ctl).  Installs only what is missing.
 set -euo pipefail
 need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
@@ -17,6 +18,9 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -d /usr/share/fonts/truetype/dejavu ] || need+=(fonts-dejavu-core)
+# The scale-out tests: a shared job log on a real PostgreSQL server.
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+  || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -25,6 +29,11 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # The Debian package may start a system Orthanc on 4242/8042; the demo runs its own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet orthanc 2>/dev/null; then
-  $sudo systemctl stop orthanc || true
+# Likewise the package's own PostgreSQL cluster on 5432: the tests start theirs.
+if command -v systemctl >/dev/null 2>&1; then
+  for service in orthanc postgresql; do
+    if systemctl is-active --quiet "$service" 2>/dev/null; then
+      $sudo systemctl stop "$service" || true
+    fi
+  done
 fi

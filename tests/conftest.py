@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.postgres import PostgresServer, unavailable_reason
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -34,6 +37,19 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session (skipped, with the reason, when the
+    Debian package is missing); tests take a fresh database each with ``new_database()``."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("DICOM_NODE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with PostgresServer() as server:
+        yield server
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its directory, and ``shared_data`` wherever the fixture is used."""
     for item in items:
@@ -44,11 +60,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         names = set(DIRECTORY_MARKERS.get(directory, ()))
         if "shared_data" in getattr(item, "fixturenames", ()):
             names.add("shared_data")
+        if "postgres" in getattr(item, "fixturenames", ()):
+            names.add("postgres")
         for name in sorted(names):
             item.add_marker(name)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "postgres: starts a throwaway PostgreSQL cluster (Debian's postgresql)"
+    )
     # Set by the test modules that use a browser, not by directory.
     config.addinivalue_line(
         "markers", "browser: drives Debian's chromium with playwright-core (needs node and npm)"

@@ -1,8 +1,9 @@
-"""The job log: studies, instances, jobs and deliveries in one SQLite file (WAL mode).
+"""The job log: studies, instances, jobs and deliveries, in one SQLite file (WAL mode) or a
+PostgreSQL database shared by several node processes and hosts (``database_url``).
 
 Shared by the SCP threads, the assembler, the worker, the sender and the admin CLI (possibly
-another process).  Every state change is one short transaction, so a crash at any point
-leaves a log from which ``queue.recover`` resumes.  It is split by who uses it:
+other processes).  Every state change is one short transaction, so a crash at any point
+leaves a log from which ``WorkQueue.reclaim_expired`` resumes.  It is split by who uses it:
 
 =================  ====================  ===========================================
 role               class                 used by
@@ -14,8 +15,8 @@ deliveries         ``DeliveryLog``       the result sender (``scu``)
 admin              ``AdminLog``          ``dicom-node jobs/requeue``, metrics, health
 =================  ====================  ===========================================
 
-Tables, engine and the job state machine live in ``schema``; what goes in and out are the
-plain records of ``records`` (no ORM object leaves its session).
+Tables, engine and the job state machine live in ``schema``, their versions in ``migrate``;
+what goes in and out are the plain records of ``records`` (no ORM object leaves its session).
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
+from dicom_node.joblog import migrate
 from dicom_node.joblog.assembly import AssemblyLog
 from dicom_node.joblog.deliveries import DeliveryLog
 from dicom_node.joblog.intake import IntakeLog
 from dicom_node.joblog.queue import WorkQueue
 from dicom_node.joblog.reporting import AdminLog
-from dicom_node.joblog.schema import make_engine
+from dicom_node.joblog.schema import make_engine, sqlite_url
 
 # A C-STORE waits at most this long for a locked job log, then is refused with 0xA700
 # (the sender retries later) instead of holding the association.
@@ -40,11 +42,8 @@ INTAKE_BUSY_TIMEOUT_SECONDS = 2.0
 class JobLog:
     """One engine per use, one object per role; built once per process, shared by threads."""
 
-    def __init__(
-        self, engine: Engine, intake_engine: Engine | None = None, path: Path | None = None
-    ) -> None:
+    def __init__(self, engine: Engine, intake_engine: Engine | None = None) -> None:
         self.engine = engine
-        self.path = path
         self._intake_engine = intake_engine
         self.intake = IntakeLog(intake_engine or engine)
         self.assembly = AssemblyLog(engine)
@@ -53,15 +52,38 @@ class JobLog:
         self.admin = AdminLog(engine)
 
     @classmethod
-    def open(cls, path: Path) -> JobLog:
-        return cls(make_engine(path), make_engine(path, INTAKE_BUSY_TIMEOUT_SECONDS), path)
+    def open(cls, target: Path | str) -> JobLog:
+        """The job log at a SQLite path or a database URL, its schema upgraded (SQLite) or
+        checked (a shared database: ``migrate.SchemaError`` unless at this release's head)."""
+        url = sqlite_url(target) if isinstance(target, Path) else target
+        engine = make_engine(url)
+        try:
+            migrate.prepare(engine)
+        except Exception:
+            engine.dispose()
+            raise
+        return cls(engine, make_engine(url, INTAKE_BUSY_TIMEOUT_SECONDS))
+
+    @property
+    def shared(self) -> bool:
+        return self.engine.dialect.name != "sqlite"
 
     def writable(self, timeout_seconds: float = 0.5) -> bool:
-        """Whether a write could start now (False while another process holds a lock)."""
-        if self.path is None:
+        """Whether a write could start now (False while another process holds SQLite's lock,
+        or while the database server cannot be reached)."""
+        if self.shared:
+            try:
+                with self.engine.connect() as db:
+                    db.execute(text("SELECT 1"))
+            except Exception:
+                return False
+            return True
+        database = self.engine.url.database
+        if not database or database == ":memory:":
             return True
         try:
-            connection = sqlite3.connect(self.path, timeout=timeout_seconds)
+            # Its own connection: the pooled ones keep their longer busy timeout.
+            connection = sqlite3.connect(database, timeout=timeout_seconds)
             try:
                 connection.execute("BEGIN IMMEDIATE")
                 connection.execute("ROLLBACK")

@@ -59,11 +59,12 @@ class AssemblyLog(Store):
         routing chose (``source_ids``), or mark it ignored with ``reason``.
 
         Only applies if no instance arrived after ``quiet_before`` (a late instance re-armed
-        the timer); returns whether the job changed.
+        the timer); returns whether the job changed.  The row is locked, and skipped when
+        another assembler holds it: with several assembly nodes, one completes the study.
         """
         now = utcnow()
-        with self.session() as session:
-            job = session.get(Job, job_id)
+        with self.session(lock=True) as session:
+            job = session.get(Job, job_id, with_for_update={"skip_locked": True})
             if job is None or job.state != JobState.RECEIVED or job.last_instance_at > quiet_before:
                 return False
             job.instance_count = _count_instances(session, job.study_id)

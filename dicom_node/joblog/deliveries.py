@@ -19,10 +19,16 @@ from dicom_node.joblog.schema import (
 
 
 class DeliveryLog(Store):
-    def due(self, limit_jobs: int = 1) -> list[DueDelivery]:
-        """Pending deliveries whose retry time has come, for the oldest due job(s)."""
+    def due(self, limit_jobs: int = 1, hold_seconds: float | None = None) -> list[DueDelivery]:
+        """Pending deliveries whose retry time has come, for the oldest due job(s).
+
+        ``hold_seconds`` (senders sharing the job log): the deliveries are claimed by moving
+        their retry time that far ahead under a row lock, so no other sender takes them
+        meanwhile; the outcome (``sent``/``failed``) replaces the hold, and a sender that
+        dies holding them lets them fall due again once the hold is over.
+        """
         now = utcnow()
-        with self.session() as session:
+        with self.session(lock=True) as session:
             job_ids = list(
                 session.scalars(
                     select(Delivery.job_id)
@@ -39,13 +45,17 @@ class DeliveryLog(Store):
             )
             if not job_ids:
                 return []
-            deliveries = session.scalars(
-                select(Delivery).where(
-                    Delivery.job_id.in_(job_ids),
-                    Delivery.state == DeliveryState.PENDING,
-                    Delivery.next_attempt_at <= now,
-                )
+            query = select(Delivery).where(
+                Delivery.job_id.in_(job_ids),
+                Delivery.state == DeliveryState.PENDING,
+                Delivery.next_attempt_at <= now,
             )
+            if hold_seconds is not None:
+                query = query.with_for_update(skip_locked=True)
+            deliveries = list(session.scalars(query))
+            if hold_seconds is not None:
+                for delivery in deliveries:
+                    delivery.next_attempt_at = now + dt.timedelta(seconds=hold_seconds)
             return [
                 DueDelivery(d.id, d.job_id, d.sop_instance_uid, d.path, d.destination, d.attempts)
                 for d in deliveries
@@ -79,7 +89,7 @@ class DeliveryLog(Store):
     def settle(self, job_id: int) -> SettledJob:
         """After a send round: ``done`` when all delivered, ``dead`` when any gave up."""
         now = utcnow()
-        with self.session() as session:
+        with self.session(lock=True) as session:
             job = session.get(Job, job_id)
             assert job is not None
             states = {d.state for d in job.deliveries}

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from sqlalchemy import Engine, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from dicom_node.errors import DicomStatus, InstanceRejected
 from dicom_node.joblog.records import INSTANCE_FIELDS, InstanceRecord, RecordOutcome
@@ -80,7 +81,12 @@ class IntakeLog(Store):
 
     def record_instance(self, record: InstanceRecord) -> RecordOutcome:
         with self._write:
-            return self._record_instance(record)
+            try:
+                return self._record_instance(record)
+            except IntegrityError:
+                # Another intake node sharing the job log filed the same study (or instance,
+                # or next version) a moment before: once more, now that its row is there.
+                return self._record_instance(record)
 
     def _record_instance(self, record: InstanceRecord) -> RecordOutcome:
         """File one received instance; open a new job version if the last one has moved on.

@@ -78,6 +78,7 @@ class ClaimedJob:
     pipeline: str | None
     attempts: int
     sources: tuple[StoredInstance, ...]
+    worker: str | None = None  # who holds the claim
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class JobRow:
     processed_at: dt.datetime | None = None
     attempts: int = 0
     source_count: int = 0  # instances routing chose for the job
+    worker: str | None = None  # the worker that ran (or runs) the job
 
     def as_json(self) -> dict[str, Any]:
         def iso(value: dt.datetime | None) -> str | None:
@@ -156,4 +158,6 @@ class JobRow:
             "updated_at": iso(self.updated_at),
             "deliveries_sent": self.deliveries_sent,
             "deliveries_total": self.deliveries_total,
+            "attempts": self.attempts,
+            "worker": self.worker,
         }

@@ -32,13 +32,14 @@ class AdminLog(Store):
     ) -> list[int]:
         """Put failed/dead jobs back in the queue (all of them when ``job_ids`` is empty)."""
         now = utcnow()
-        with self.session() as session:
+        with self.session(lock=True) as session:
             query = select(Job).where(Job.state.in_([JobState(s) for s in states]))
             if job_ids:
                 query = query.where(Job.id.in_(job_ids))
             jobs = list(session.scalars(query))
             for job in jobs:
                 job.state = check_transition(job.state, JobState.QUEUED)
+                job.attempts = 0  # a fresh allowance of claims (job_max_attempts)
                 job.error = None
                 job.queued_at = now
                 job.finished_at = None
@@ -115,6 +116,7 @@ class AdminLog(Store):
                     processed_at=job.processed_at,
                     attempts=job.attempts,
                     source_count=n_sources or 0,
+                    worker=job.claimed_by,
                 )
                 for job, uid, n_total, n_sent, n_sources in session.execute(query)
             ]

@@ -5,12 +5,13 @@ Job states::
     received -> queued -> running -> sending -> done
           \\-> ignored      |  \\-> done (no PACS)  \\-> dead
                             +-> failed / ignored
-                            +-> queued (recovered after a crash)
+                            +-> queued (its worker was lost: lease expired, node restarted)
     failed, dead -> queued (requeue)
 
 ``received``: instances are arriving, the quiet timer is armed.  ``ignored``: routing found
 no pipeline, or the pipeline found the study not analysable (reason in ``error``).
-``failed``: the pipeline raised.  ``dead``: results could not be delivered after all retries.
+``failed``: the pipeline raised, or the job lost its worker ``job_max_attempts`` times.
+``dead``: results could not be delivered after all retries.
 Every change of a job's state goes through :func:`check_transition`.
 """
 
@@ -23,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, ForeignKey, String, Text, create_engine, event
+from sqlalchemy import Engine, ForeignKey, Index, String, Text, create_engine, event
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -136,7 +137,11 @@ class Job(Base):
     model_name: Mapped[str | None] = mapped_column(String(64))
     model_version: Mapped[str | None] = mapped_column(String(32))
     summary: Mapped[str | None] = mapped_column(Text)  # short, patient-free result text
-    attempts: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)  # claims by a worker
+    # The worker running (or last to run) the job, and until when its claim holds unless it
+    # sends a heartbeat; a claim past this time is lost and the job goes back to the queue.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(index=True)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_instance_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     queued_at: Mapped[dt.datetime | None]
@@ -151,6 +156,8 @@ class Job(Base):
     sources: Mapped[list[JobSource]] = relationship(
         cascade="all, delete-orphan", order_by="JobSource.position"
     )
+    # Two intake nodes filing the same study at once cannot both open its next version.
+    __table_args__ = (Index("ux_jobs_study_version", "study_id", "version", unique=True),)
 
 
 class JobSource(Base):
@@ -196,13 +203,35 @@ class Rejection(Base):
     quarantine_path: Mapped[str | None] = mapped_column(Text)
 
 
-def make_engine(path: Path, busy_timeout_seconds: float = 30.0) -> Engine:
-    """SQLite in WAL mode: readers (``jobs --follow``) never block the SCP's writes.
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str, busy_timeout_seconds: float = 30.0) -> Engine:
+    """An engine for the job log at ``url`` (``sqlite:///...`` or ``postgresql+psycopg://...``).
 
     ``busy_timeout_seconds`` bounds how long a write waits for a lock another process holds.
+    SQLite runs in WAL mode, so readers (``jobs --follow``) never block the SCP's writes.  The
+    schema is not created here: ``joblog.migrate`` applies and checks it.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": busy_timeout_seconds})
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, busy_timeout_seconds)
+    # pool_pre_ping: a connection the server (or a failover) dropped is replaced, not used.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": 10,
+            "options": f"-c lock_timeout={int(busy_timeout_seconds * 1000)}",
+        },
+    )
+
+
+def _sqlite_engine(url: str, busy_timeout_seconds: float) -> Engine:
+    database = url.split("///", 1)[1] if "///" in url else ""
+    if database and database != ":memory:":
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_seconds})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -212,7 +241,6 @@ def make_engine(path: Path, busy_timeout_seconds: float = 30.0) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    Base.metadata.create_all(engine)
     return engine
 
 
@@ -224,6 +252,12 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, lock: bool = False) -> Iterator[Session]:
+        """One transaction.  ``lock``: it reads rows and then changes them depending on what
+        it read (a claim, a completion), so on SQLite it takes the write lock first
+        (``BEGIN IMMEDIATE``) - another process cannot change them in between.  PostgreSQL
+        locks the rows themselves (``FOR UPDATE``) in the queries."""
         with self._sessions.begin() as session:
+            if lock and self.engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session

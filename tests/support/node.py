@@ -36,9 +36,15 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
             cwd=self.cwd,
         )
-        deadline = time.monotonic() + timeout
         wait_for_http(f"http://127.0.0.1:{self.http_port}/healthz", timeout, ok=(200, 503))
-        while wait_models and not self._models_ready():
+        if wait_models:
+            self.wait_models(timeout)
+
+    def wait_models(self, timeout: float = 120.0) -> None:
+        """Until the node's models are loaded (several nodes can load theirs at once)."""
+        deadline = time.monotonic() + timeout
+        while not self._models_ready():
+            assert self._process is not None
             if time.monotonic() > deadline or self._process.poll() is not None:
                 raise RuntimeError(f"node did not become ready; see {self.log_path}")
             time.sleep(0.2)

@@ -98,7 +98,7 @@ class _OneDelivery:
     def __init__(self, path: Path) -> None:
         self.pending = [DueDelivery(1, 7, "1.2.3.4", str(path), "PACS@127.0.0.1:104", 0)]
 
-    def due(self) -> list[DueDelivery]:
+    def due(self, hold_seconds: float | None = None) -> list[DueDelivery]:
         due, self.pending = self.pending, []
         return due
 

@@ -62,7 +62,7 @@ def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixtu
     )
     [instance] = joblog.assembly.study_instances(outcome.job_id)
     joblog.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, utcnow())
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None
     joblog.queue.fail(claimed.id, "ValueError: cannot decode")
 

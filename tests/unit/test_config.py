@@ -113,3 +113,32 @@ def test_stow_rs_intake_is_off_by_default_and_takes_a_port() -> None:
     assert load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "8111"}).dicomweb_port == 8111
     with pytest.raises(ConfigError, match="DICOM_NODE_DICOMWEB_PORT"):
         load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "70000"})
+
+
+def test_roles_and_a_shared_job_log() -> None:
+    defaults = load_settings(environ={})
+    assert defaults.roles == ("intake", "assembly", "worker", "sender")
+    assert not defaults.shared_joblog  # one process on its own SQLite file
+    assert defaults.joblog_url == f"sqlite:///{defaults.data_dir / 'jobs.sqlite'}"
+    worker = load_settings(environ={"DICOM_NODE_ROLES": "Worker"})
+    assert worker.roles == ("worker",) and worker.shared_joblog
+    url = "postgresql+psycopg://node:s3cret@db.example/dicomnode"
+    shared = load_settings(environ={"DICOM_NODE_DATABASE_URL": url})
+    assert shared.joblog_url == url and shared.shared_joblog
+    assert shared.describe()["database_url"] == "postgresql+psycopg://node:***@db.example/dicomnode"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ROLES", "intake,gpu", "got gpu"),
+        ("ROLES", ",", "comma-separated subset"),
+        ("DATABASE_URL", "mysql://db/x", r"postgresql\+psycopg"),
+        ("WORKER_LEASE_SECONDS", "1", ">= 3"),
+        ("JOB_MAX_ATTEMPTS", "0", ">= 1"),
+    ],
+)
+def test_bad_scale_out_settings_are_refused(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings(environ={f"DICOM_NODE_{name}": value})
+    assert f"DICOM_NODE_{name}" in str(raised.value)

@@ -67,3 +67,32 @@ def test_ports_published_by_compose_match_the_defaults() -> None:
     orthanc_ports = _compose()["services"]["orthanc"]["ports"]
     assert f"{_orthanc()['DicomPort']}:{_orthanc()['DicomPort']}" in orthanc_ports
     assert f"127.0.0.1:{_orthanc()['HttpPort']}:{_orthanc()['HttpPort']}" in orthanc_ports
+
+
+def test_compose_gateway_and_workers_share_the_job_log_and_the_data_volume() -> None:
+    services = _compose()["services"]
+    gateway, worker, migrate = services["dicom-node"], services["worker"], services["migrate"]
+    url = gateway["environment"]["DICOM_NODE_DATABASE_URL"]
+    assert url == worker["environment"]["DICOM_NODE_DATABASE_URL"]
+    assert url == migrate["environment"]["DICOM_NODE_DATABASE_URL"]
+    database = services["postgres"]["environment"]
+    assert url.endswith(f"@postgres:5432/{database['POSTGRES_DB']}")
+    assert f"{database['POSTGRES_USER']}:{database['POSTGRES_PASSWORD']}@" in url
+    assert gateway["volumes"] == worker["volumes"] == ["node-data:/data"]
+    assert migrate["command"] == ["db", "upgrade"]
+    for service in (gateway, worker):
+        assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    roles = {}
+    for name, service in (("gateway", gateway), ("worker", worker)):
+        command = service["command"]
+        roles[name] = load_settings(
+            environ=service["environment"],
+            overrides={"roles": command[command.index("--roles") + 1]},
+        ).roles
+    assert set(roles["gateway"]) | set(roles["worker"]) == {
+        "intake",
+        "assembly",
+        "worker",
+        "sender",
+    }
+    assert "worker" not in roles["gateway"]

@@ -125,3 +125,18 @@ def test_partial_files_of_a_crash_are_removed_at_start(tmp_path: Path) -> None:
     node.start()
     node.stop()
     assert not leftover.exists() and kept.exists()
+
+
+def test_a_worker_only_node_is_healthy_without_a_dicom_port(tmp_path: Path) -> None:
+    node = _node(tmp_path, roles=("worker",), worker_name="gpu-7")
+    node.start()
+    try:
+        code, body = _healthz(node)
+        assert code == 200 and body["status"] == "ok", body
+        assert body["roles"] == ["worker"] and body["worker_name"] == "gpu-7"
+        assert body["sender"] == "off" and body["worker"] == "running"
+        assert body["dicom_port"] is None
+        with socket.socket() as probe:  # nothing listens on the DICOM port
+            assert probe.connect_ex(("127.0.0.1", node.settings.port)) != 0
+    finally:
+        node.stop()

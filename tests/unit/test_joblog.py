@@ -75,7 +75,7 @@ def test_the_worker_gets_the_instances_routing_chose(joblog: JobLog) -> None:
     outcome = joblog.intake.record_instance(record("1.9", "1.9.2"))
     chosen = joblog.assembly.study_instances(outcome.job_id)[1]
     assert joblog.assembly.complete_job(outcome.job_id, "xray", [chosen.id], None, later())
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None and claimed.pipeline == "xray"
     assert [s.sop_instance_uid for s in claimed.sources] == ["1.9.2"]
     assert claimed.sources[0].path == "/inbox/1.9.2.dcm"
@@ -84,19 +84,19 @@ def test_the_worker_gets_the_instances_routing_chose(joblog: JobLog) -> None:
 def test_claim_is_exclusive_and_recover_requeues_running_jobs(joblog: JobLog) -> None:
     outcome = joblog.intake.record_instance(record("1.4", "1.4.1"))
     complete(joblog, outcome.job_id)
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None and claimed.attempts == 1
     assert state(joblog, claimed.id) == JobState.RUNNING
-    assert joblog.queue.claim_next() is None
-    assert joblog.queue.recover() == [outcome.job_id]  # e.g. after kill -9
-    again = joblog.queue.claim_next()
+    assert joblog.queue.claim_next("w1", 60.0) is None
+    assert joblog.queue.reclaim_expired(3, everyone=True) == [outcome.job_id]  # e.g. after kill -9
+    again = joblog.queue.claim_next("w1", 60.0)
     assert again is not None and again.attempts == 2 and len(again.sources) == 1
 
 
 def test_late_instance_after_analysis_opens_version_two(joblog: JobLog) -> None:
     first = joblog.intake.record_instance(record("1.5", "1.5.1"))
     complete(joblog, first.job_id)
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None
     joblog.queue.processed(claimed.id, "m", "1", "{}", [], destination=None)
     assert state(joblog, first.job_id) == JobState.DONE
@@ -112,7 +112,7 @@ def test_late_instance_after_analysis_opens_version_two(joblog: JobLog) -> None:
 def test_deliveries_settle_the_job(joblog: JobLog) -> None:
     outcome = joblog.intake.record_instance(record("1.8", "1.8.1"))
     complete(joblog, outcome.job_id)
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None
     files = [ResultFile("9.1", "1.2.840.10008.5.1.4.1.1.88.34", "/outbox/9.1.dcm")]
     joblog.queue.processed(claimed.id, "m", "1", "{}", files, "PACS@127.0.0.1:104")
@@ -130,7 +130,7 @@ def test_requeue_only_touches_failed_and_dead(joblog: JobLog) -> None:
     b = joblog.intake.record_instance(record("1.7", "1.7.1"))
     for outcome in (a, b):
         complete(joblog, outcome.job_id)
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None
     joblog.queue.fail(claimed.id, "boom")
     assert state(joblog, claimed.id) == JobState.FAILED
@@ -158,9 +158,9 @@ def test_every_state_is_in_the_transition_table() -> None:
 def test_a_finished_job_cannot_be_finished_again(joblog: JobLog) -> None:
     outcome = joblog.intake.record_instance(record("1.10", "1.10.1"))
     complete(joblog, outcome.job_id)
-    claimed = joblog.queue.claim_next()
+    claimed = joblog.queue.claim_next("w1", 60.0)
     assert claimed is not None
-    joblog.queue.ignore(claimed.id, "not analysable")
-    with pytest.raises(InvalidTransition):
-        joblog.queue.fail(claimed.id, "boom")
+    assert joblog.queue.ignore(claimed.id, "not analysable", claimed.worker)
+    # Only a running job's holder records its end: a second outcome is refused, not applied.
+    assert not joblog.queue.fail(claimed.id, "boom", claimed.worker)
     assert state(joblog, claimed.id) == JobState.IGNORED

@@ -101,7 +101,7 @@ def _sending_job(
     )
     [instance] = joblog.assembly.study_instances(outcome.job_id)
     assert joblog.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, utcnow())
-    job = joblog.queue.claim_next()
+    job = joblog.queue.claim_next("w1", 60.0)
     assert job is not None
     outputs = build_xray_outputs(synthetic_xray_finding(source), [source], OutputContext(), MODEL)
     worker = Worker(settings, joblog.queue, None, Metrics(), lambda: None)  # type: ignore[arg-type]
