@@ -83,6 +83,7 @@ class Node:
             recovered = self.joblog.queue.reclaim_expired(
                 settings.job_max_attempts, everyone=not shared
             )
+            self.worker.take_back(recovered)
             if recovered:
                 log.warning("took back %d job(s) whose worker was lost", len(recovered))
         log.info(

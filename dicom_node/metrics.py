@@ -66,5 +66,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.jobs_taken_back = Counter(
+            "dicom_node_jobs_taken_back",
+            "Running jobs this process found without a live worker (lease expired, node "
+            "restarted), by what became of them",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def watch_job_states(self, counts: Callable[[], dict[str, int]]) -> None:
         self.registry.register(_JobStateCollector(counts))

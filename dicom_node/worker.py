@@ -33,7 +33,7 @@ from dicom_node.config import Settings
 from dicom_node.domain import OutputContext
 from dicom_node.errors import NotAnalysable, PipelineError
 from dicom_node.joblog import WorkQueue
-from dicom_node.joblog.records import ClaimedJob, ResultFile
+from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
 from dicom_node.logs import clean
 from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
@@ -102,7 +102,7 @@ class Worker:
         self.models_ready.set()
         while not self._stop.is_set():
             try:
-                self._joblog.reclaim_expired(self._settings.job_max_attempts)
+                self.take_back(self._joblog.reclaim_expired(self._settings.job_max_attempts))
                 job = self._joblog.claim_next(self.name, self._lease)
             except Exception:
                 log.exception("claiming a job failed")
@@ -112,6 +112,10 @@ class Worker:
                 self._wake.clear()
                 continue
             self.process(job)
+
+    def take_back(self, reclaimed: Sequence[Reclaimed]) -> None:
+        for job in reclaimed:
+            self._metrics.jobs_taken_back.labels(outcome=job.state).inc()
 
     def _heartbeat(self) -> None:
         """Renew this worker's leases three times per lease (a missed beat is not fatal)."""

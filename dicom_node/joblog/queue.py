@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.joblog.assembly import stored_instance
-from dicom_node.joblog.records import ClaimedJob, ResultFile
+from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
 from dicom_node.joblog.schema import Delivery, Job, JobState, Store, check_transition, utcnow
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class WorkQueue(Store):
             )
             return int(renewed.rowcount)
 
-    def reclaim_expired(self, max_attempts: int, everyone: bool = False) -> list[int]:
+    def reclaim_expired(self, max_attempts: int, everyone: bool = False) -> list[Reclaimed]:
         """Jobs whose worker's lease ran out go back to the queue, or fail after
         ``max_attempts`` claims.  ``everyone``: every running job counts as lost (a node that
         owns its job log alone, starting after a crash)."""
@@ -101,7 +101,7 @@ class WorkQueue(Store):
                     log.warning("job %d re-queued: its worker %s was lost", job.id, lost)
                 job.lease_expires_at = None
                 job.updated_at = now
-            return [job.id for job in jobs]
+            return [Reclaimed(job.id, job.state) for job in jobs]
 
     def fail(self, job_id: int, error: str, worker: str | None = None) -> bool:
         return self._finish(job_id, JobState.FAILED, error, worker)

@@ -82,6 +82,14 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
+class Reclaimed:
+    """A running job whose worker was lost: back in the queue, or failed."""
+
+    job_id: int
+    state: str
+
+
+@dataclass(frozen=True)
 class ResultFile:
     """One output written to the outbox, to be delivered."""
 

@@ -195,6 +195,11 @@ def test_three_workers_one_killed_mid_job_every_study_gets_one_result_set(
         if row.pipeline == "ct":
             assert len(found.get(SEG_STORAGE, [])) == 1
 
+    # The worker that took the job back counted it.
+    taken_back = 'dicom_node_jobs_taken_back_total{outcome="queued"} 1.0'
+    survivors = [w for name, w in cluster.workers.items() if name != victim]
+    assert sum(taken_back in worker.metrics() for worker in survivors) == 1
+
     delivered = sum(row.deliveries_total for row in jobs.values())
     print(
         f"\nscale-out: {len(studies)} studies ({XRAY_STUDIES} X-ray, {CT_STUDIES} CT), "

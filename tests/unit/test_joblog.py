@@ -88,7 +88,8 @@ def test_claim_is_exclusive_and_recover_requeues_running_jobs(joblog: JobLog) ->
     assert claimed is not None and claimed.attempts == 1
     assert state(joblog, claimed.id) == JobState.RUNNING
     assert joblog.queue.claim_next("w1", 60.0) is None
-    assert joblog.queue.reclaim_expired(3, everyone=True) == [outcome.job_id]  # e.g. after kill -9
+    [back] = joblog.queue.reclaim_expired(3, everyone=True)  # e.g. after kill -9
+    assert (back.job_id, back.state) == (outcome.job_id, JobState.QUEUED)
     again = joblog.queue.claim_next("w1", 60.0)
     assert again is not None and again.attempts == 2 and len(again.sources) == 1
 

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, text
 
 from dicom_node.cli import main as cli_main
 from dicom_node.joblog import JobLog, migrate
-from dicom_node.joblog.records import ResultFile
+from dicom_node.joblog.records import Reclaimed, ResultFile
 from dicom_node.joblog.schema import Base, JobState, make_engine, utcnow
 from tests.support.factories import instance_record as record
 from tests.support.postgres import PostgresServer
@@ -121,7 +121,7 @@ def test_a_lost_worker_loses_its_job_and_cannot_record_results(open_log: OpenLog
     assert stalled is not None
     assert alive.queue.reclaim_expired(3) == []  # the lease still holds
     time.sleep(0.3)
-    assert alive.queue.reclaim_expired(3) == [job_id]
+    assert alive.queue.reclaim_expired(3) == [Reclaimed(job_id, JobState.QUEUED)]
     taken = alive.queue.claim_next("host-b:2", 60.0)
     assert taken is not None and taken.id == job_id and taken.attempts == 2
 
@@ -153,7 +153,8 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(open_log: Open
         claimed = joblog.queue.claim_next(f"w{attempt}", 0.05)
         assert claimed is not None and claimed.attempts == attempt
         time.sleep(0.1)
-        assert joblog.queue.reclaim_expired(3) == [job_id]
+        then = JobState.QUEUED if attempt < 3 else JobState.FAILED
+        assert joblog.queue.reclaim_expired(3) == [Reclaimed(job_id, then)]
     row = joblog.admin.job(job_id)
     assert row is not None and row.state == JobState.FAILED
     assert row.error is not None and "worker was lost 3 time(s)" in row.error
