@@ -177,6 +177,8 @@ class Worker:
             return
         if not recorded:
             self._claim_lost(job, recorded)
+            for output in outputs:  # never delivered: the new claimant writes its own
+                Path(output.path).unlink(missing_ok=True)
             return
         elapsed = time.monotonic() - started
         self._metrics.processing_seconds.labels(pipeline=job.pipeline).observe(elapsed)

@@ -7,23 +7,34 @@ separate node processes: each has its own engine and connections.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine, text
 
 from dicom_node.cli import main as cli_main
+from dicom_node.config import Settings
+from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.joblog import JobLog, migrate
 from dicom_node.joblog.records import Reclaimed, ResultFile
 from dicom_node.joblog.schema import Base, JobState, make_engine, utcnow
+from dicom_node.metrics import Metrics
+from dicom_node.pipelines.base import Pipeline
+from dicom_node.registry import LoadedPipeline, PipelineRegistry
+from dicom_node.worker import Worker
 from tests.support.factories import instance_record as record
+from tests.support.factories import small_cr
 from tests.support.postgres import PostgresServer
 
 OpenLog = Callable[[], JobLog]
@@ -283,3 +294,73 @@ def test_a_file_from_before_alembic_is_adopted_with_its_jobs(tmp_path: Path) -> 
         assert row.study_instance_uid == "2.28" and row.state == JobState.FAILED
     finally:
         joblog.close()
+
+
+class _Stalls(Pipeline[list[str], list[str], list[str]]):
+    """Stands for a worker that stalls past its lease: while it runs, the lease runs out and
+    another worker takes the job."""
+
+    name = "xray"
+
+    def __init__(self, on_run: Callable[[], None]) -> None:
+        self.model_info = ModelInfo("stalling_model", "0.0.1")
+        self._on_run = on_run
+
+    def preprocess(self, sources: Sequence[Dataset]) -> list[str]:
+        self._on_run()
+        return [str(ds.SOPInstanceUID) for ds in sources]
+
+    def predict(self, prepared: list[str]) -> list[str]:
+        return prepared
+
+    def postprocess(self, raw: list[str], prepared: list[str]) -> list[str]:
+        return raw
+
+
+def _one_output(
+    finding: list[str], sources: Sequence[Dataset], context: OutputContext, model: ModelInfo
+) -> list[Dataset]:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return [ds]
+
+
+def test_a_worker_that_stalled_past_its_lease_discards_its_results(
+    open_log: OpenLog, tmp_path: Path
+) -> None:
+    stalled_log, other = open_log(), open_log()
+    source = small_cr()
+    source_path = tmp_path / "source.dcm"
+    source.save_as(source_path, enforce_file_format=True)
+    outcome = stalled_log.intake.record_instance(
+        dataclasses.replace(record("2.25.77", "2.25.77.1"), path=str(source_path))
+    )
+    [instance] = stalled_log.assembly.study_instances(outcome.job_id)
+    later = utcnow() + dt.timedelta(seconds=1)
+    assert stalled_log.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, later)
+    taken: list[int] = []
+
+    def lease_runs_out() -> None:
+        time.sleep(0.15)
+        other.queue.reclaim_expired(3)
+        job = other.queue.claim_next("host-b:2", 60.0)
+        assert job is not None
+        taken.append(job.id)
+
+    settings = Settings(data_dir=tmp_path / "data", pacs=None, fsync=False)
+    registry = PipelineRegistry(
+        factories={"xray": lambda: LoadedPipeline("xray", _Stalls(lease_runs_out), _one_output)}
+    )
+    worker = Worker(settings, stalled_log.queue, registry, Metrics(), lambda: None)
+    job = stalled_log.queue.claim_next("host-a:1", 0.1)
+    assert job is not None
+    worker.process(job)
+
+    assert taken == [job.id]
+    row = other.admin.job(job.id)
+    assert row is not None and row.state == JobState.RUNNING and row.worker == "host-b:2"
+    assert row.summary is None  # the stalled worker's outcome was not recorded
+    assert not list(settings.outbox_dir.rglob("*.dcm"))  # nor its files kept
