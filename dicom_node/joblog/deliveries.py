@@ -28,23 +28,11 @@ class DeliveryLog(Store):
         dies holding them lets them fall due again once the hold is over.
         """
         now = utcnow()
-        with self.session(lock=True) as session:
-            job_ids = list(
-                session.scalars(
-                    select(Delivery.job_id)
-                    .join(Job)
-                    .where(
-                        Delivery.state == DeliveryState.PENDING,
-                        Delivery.next_attempt_at <= now,
-                        Job.state == JobState.SENDING,
-                    )
-                    .group_by(Delivery.job_id)
-                    .order_by(func.min(Delivery.next_attempt_at))
-                    .limit(limit_jobs)
-                )
-            )
-            if not job_ids:
-                return []
+        job_ids = self._due_jobs(now, limit_jobs)
+        if not job_ids:
+            return []
+        # Only a hold writes: then the rows are read under the lock, and re-checked there.
+        with self.session(lock=hold_seconds is not None) as session:
             query = select(Delivery).where(
                 Delivery.job_id.in_(job_ids),
                 Delivery.state == DeliveryState.PENDING,
@@ -60,6 +48,24 @@ class DeliveryLog(Store):
                 DueDelivery(d.id, d.job_id, d.sop_instance_uid, d.path, d.destination, d.attempts)
                 for d in deliveries
             ]
+
+    def _due_jobs(self, now: dt.datetime, limit: int) -> list[int]:
+        """The jobs with the oldest due deliveries (read without a lock)."""
+        with self.engine.connect() as db:
+            return list(
+                db.scalars(
+                    select(Delivery.job_id)
+                    .join(Job)
+                    .where(
+                        Delivery.state == DeliveryState.PENDING,
+                        Delivery.next_attempt_at <= now,
+                        Job.state == JobState.SENDING,
+                    )
+                    .group_by(Delivery.job_id)
+                    .order_by(func.min(Delivery.next_attempt_at))
+                    .limit(limit)
+                )
+            )
 
     def sent(self, delivery_id: int, status: int) -> None:
         with self.session() as session:

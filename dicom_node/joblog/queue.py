@@ -1,9 +1,9 @@
 """The job log as the worker uses it: claim the next queued job, hold it, record how it ended.
 
 Workers in several processes and hosts share one queue.  A claim takes the oldest queued
-job with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL; SQLite has one writer at a time
-and the ``state = queued`` guard on the update), names the worker and sets a lease the
-worker's heartbeat renews.  A lease that runs out means the worker is gone: the job goes
+job with ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL; on SQLite the transaction takes
+the write lock first, ``BEGIN IMMEDIATE``), names the worker and sets a lease the worker's
+heartbeat renews.  A lease that runs out means the worker is gone: the job goes
 back to the queue, or to ``failed`` once it has been claimed ``max_attempts`` times.  Every
 write that ends a job is fenced by the claim, so a worker that lost its claim (stalled past
 its lease) cannot record a second set of results next to the new worker's.
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 class WorkQueue(Store):
     def claim_next(self, worker: str, lease_seconds: float) -> ClaimedJob | None:
         """Move the oldest queued job to ``running`` for ``worker`` (one claimant only)."""
+        if not self.exists(select(Job.id).where(Job.state == JobState.QUEUED)):
+            return None
         with self.session(lock=True) as session:
             job = session.scalars(
                 select(Job)
@@ -80,17 +82,20 @@ class WorkQueue(Store):
         ``max_attempts`` claims.  ``everyone``: every running job counts as lost (a node that
         owns its job log alone, starting after a crash)."""
         now = utcnow()
+        lost = [Job.state == JobState.RUNNING]
+        if not everyone:
+            lost.append((Job.lease_expires_at < now) | Job.lease_expires_at.is_(None))
+        if not self.exists(select(Job.id).where(*lost)):
+            return []
         with self.session(lock=True) as session:
-            query = select(Job).where(Job.state == JobState.RUNNING)
-            if not everyone:
-                query = query.where((Job.lease_expires_at < now) | Job.lease_expires_at.is_(None))
-            jobs = list(session.scalars(query.with_for_update(skip_locked=True)))
+            query = select(Job).where(*lost).with_for_update(skip_locked=True)
+            jobs = list(session.scalars(query))
             for job in jobs:
-                lost = job.claimed_by or "a worker"
+                holder = job.claimed_by or "a worker"
                 if job.attempts >= max_attempts:
                     job.state = check_transition(job.state, JobState.FAILED)
                     job.error = (
-                        f"its worker was lost {job.attempts} time(s) (last: {lost}, lease "
+                        f"its worker was lost {job.attempts} time(s) (last: {holder}, lease "
                         f"expired or node restarted); job_max_attempts is {max_attempts}"
                     )
                     job.finished_at = now
@@ -98,7 +103,7 @@ class WorkQueue(Store):
                 else:
                     job.state = check_transition(job.state, JobState.QUEUED)
                     job.queued_at = now
-                    log.warning("job %d re-queued: its worker %s was lost", job.id, lost)
+                    log.warning("job %d re-queued: its worker %s was lost", job.id, holder)
                 job.lease_expires_at = None
                 job.updated_at = now
             return [Reclaimed(job.id, job.state) for job in jobs]

@@ -24,7 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, ForeignKey, Index, String, Text, create_engine, event
+from sqlalchemy import Engine, ForeignKey, Index, Select, String, Text, create_engine, event
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -250,6 +250,12 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def exists(self, query: Select[Any]) -> bool:
+        """Whether ``query`` finds a row, read without a lock: idle polls look first, so they
+        do not take SQLite's write lock (which the C-STORE handler waits for) for nothing."""
+        with self.engine.connect() as db:
+            return db.execute(query.limit(1)).first() is not None
 
     @contextmanager
     def session(self, lock: bool = False) -> Iterator[Session]:

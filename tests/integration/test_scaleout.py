@@ -5,8 +5,8 @@ exactly one set of results in Orthanc, and the job log says which worker ran eac
 
 from __future__ import annotations
 
+import json
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +18,7 @@ from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import JobRow
 from tests.support.factories import encode, small_cr
 from tests.support.net import free_port
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, run_cli
 from tests.support.orthanc import NodeTarget, OrthancServer
 from tests.support.postgres import PostgresServer
 from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE
@@ -45,9 +45,10 @@ class Cluster:
             http_port=free_port(),
             dicom_port=free_port(),
             node=NodeTarget("AINODE", "127.0.0.1", self.node_port),
-            # Uploads slow down while three workers run models on two cores: a shorter
-            # StableAge lets Orthanc forward part of a CT series (a second version follows).
-            stable_age=3,
+            # Each study is sent once it is whole (below): with the stable-study routing, an
+            # upload slowed by three workers on two cores let Orthanc forward part of a CT
+            # series, and the rest became a second version of the study.
+            routing=False,
         )
         self.env = {
             "DICOM_NODE_AE_TITLE": "AINODE",
@@ -79,14 +80,7 @@ class Cluster:
         return NodeProcess(self.data, env, self.workdir / f"{name}.log")
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dicom_node", *args],
-            env=self.gateway.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(self.gateway.env, *args)
 
     def logs(self) -> str:
         parts = []
@@ -145,6 +139,9 @@ def test_three_workers_one_killed_mid_job_every_study_gets_one_result_set(
         dataset = small_cr(256, 192)
         cluster.orthanc.upload(encode(dataset))
         studies[str(dataset.StudyInstanceUID)] = "xray"
+    for study_uid in studies:  # as "Send to DICOM modality" in Orthanc Explorer, queued
+        request = {"Resources": [cluster.orthanc.study_id(study_uid)], "Asynchronous": True}
+        cluster.orthanc.request("POST", "/modalities/ainode/store", json.dumps(request).encode())
 
     # Kill the worker running the first CT job, a few hundred milliseconds into it.
     joblog = JobLog.open(cluster.database_url)

@@ -16,6 +16,18 @@ from typing import Any
 from tests.support.net import wait_for_http
 
 
+def run_cli(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``dicom-node ARGS`` in a separate process, as an admin runs it; never raises on exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "dicom_node", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 class NodeProcess:
     def __init__(
         self, data_dir: Path, env: Mapping[str, str], log_path: Path, cwd: Path | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +13,7 @@ from typing import Any
 from pydicom import Dataset
 from pynetdicom import AE
 
-from tests.support.node import NodeProcess
+from tests.support.node import NodeProcess, run_cli
 from tests.support.orthanc import OrthancServer
 
 SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -34,25 +33,12 @@ class Stack:
 
     def jobs(self) -> list[dict[str, Any]]:
         """``dicom-node jobs --json`` run as an admin would (a separate process)."""
-        result = subprocess.run(
-            [sys.executable, "-m", "dicom_node", "jobs", "--json", "--limit", "1000"],
-            env=self.node.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        result = self.cli("jobs", "--json", "--limit", "1000")
+        assert result.returncode == 0, result.stderr
         return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dicom_node", *args],
-            env=self.node.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cli(self.node.env, *args)
 
     def wait_jobs(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 120
