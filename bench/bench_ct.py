@@ -39,7 +39,7 @@ import pydicom
 
 from dicom_node.domain import OutputContext
 from dicom_node.outputs.ct import build_ct_outputs
-from dicom_node.pipelines.ct import CtPipeline
+from dicom_node.pipelines.ct.pipeline import CtPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
 from tests.support.synthetic import write_phantom_series

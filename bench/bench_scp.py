@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
-from dicom_node.filing import Intake
+from dicom_node.intake.filing import Intake
+from dicom_node.intake.scp import start_scp
 from dicom_node.joblog import JobLog
-from dicom_node.metrics import Metrics
-from dicom_node.scp import start_scp
 from tests.support.net import free_port
 from tests.support.nodecheck import SandboxNode
 from tests.support.synthetic.writer import write_phantom_series

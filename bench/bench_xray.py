@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     from pydicom.data import get_testdata_file
 
-    from dicom_node.pipelines.xray import XrayPipeline
-    from dicom_node.preprocessing import dataset_to_display, read_image
+    from dicom_node.pipelines.xray.pipeline import XrayPipeline
+    from dicom_node.pipelines.xray.preprocessing import dataset_to_display, read_image
     from dicom_node.registry import PipelineRegistry
 
     start = time.perf_counter()

@@ -20,21 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node import __version__
-from dicom_node.admission import Gate
+from dicom_node.admin.audit import AuditLog
+from dicom_node.admin.http import AdminServer
+from dicom_node.admin.metrics import Metrics
 from dicom_node.assembly import StudyAssembler
-from dicom_node.audit import AuditLog
 from dicom_node.config import Settings
+from dicom_node.delivery.sender import ResultSender
+from dicom_node.delivery.store_result import StoreTransport
 from dicom_node.errors import ConfigError
-from dicom_node.filing import Intake, refile_unrecorded
-from dicom_node.http_admin import AdminServer
+from dicom_node.intake.admission import Gate
+from dicom_node.intake.filing import Intake, refile_unrecorded
+from dicom_node.intake.scp import start_scp, stow_accepted
+from dicom_node.intake.stow_server import StowServer
 from dicom_node.joblog import JobLog, migrate
-from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
-from dicom_node.scp import start_scp, stow_accepted
-from dicom_node.scu import ResultSender
 from dicom_node.storage import free_disk_mb, remove_partial_files
-from dicom_node.store_result import StoreTransport
-from dicom_node.stow_server import StowServer
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)

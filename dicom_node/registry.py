@@ -34,11 +34,11 @@ OutputBuilder = Callable[[Any, Sequence[Dataset], OutputContext, ModelInfo], lis
 # name -> ("module:Class" with ``load(models_dir: Path | None)``, "module:builder function").
 BUILTIN_PIPELINES: Mapping[str, tuple[str, str]] = {
     "xray": (
-        "dicom_node.pipelines.xray:XrayPipeline",
+        "dicom_node.pipelines.xray.pipeline:XrayPipeline",
         "dicom_node.outputs.xray:build_xray_outputs",
     ),
     "ct": (
-        "dicom_node.pipelines.ct:CtPipeline",
+        "dicom_node.pipelines.ct.pipeline:CtPipeline",
         "dicom_node.outputs.ct:build_ct_outputs",
     ),
 }

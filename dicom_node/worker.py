@@ -29,13 +29,13 @@ import pydicom
 from pydicom import Dataset
 
 from dicom_node import __version__
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
 from dicom_node.domain import OutputContext
 from dicom_node.errors import NotAnalysable, PipelineError
 from dicom_node.joblog import WorkQueue
 from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
 from dicom_node.logs import clean
-from dicom_node.metrics import Metrics
 from dicom_node.registry import PipelineRegistry
 from dicom_node.storage import atomic_write
 

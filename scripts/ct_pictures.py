@@ -17,7 +17,7 @@ from PIL import Image
 
 from dicom_node.domain import OutputContext
 from dicom_node.outputs.ct import build_ct_outputs
-from dicom_node.pipelines.ct import CtPipeline
+from dicom_node.pipelines.ct.pipeline import CtPipeline
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Model card: ``model_card.json`` (machine-readable, read by the node) and ``model_card.md``.
 
-Both are written from one :class:`dicom_node.model_card.ModelCard`.
+Both are written from one :class:`dicom_node.pipelines.model_card.ModelCard`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dicom_node.model_card import ModelCard
+from dicom_node.pipelines.model_card import ModelCard
 
 T = TypeVar("T")
 

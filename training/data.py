@@ -1,7 +1,8 @@
 """Data set access through ``manifest.csv`` (patient-grouped train/val/test splits).
 
-Images are decoded with the node's own preprocessing (:mod:`dicom_node.preprocessing`), so the
-arrays the model is trained on are exactly what the node feeds it at inference time.
+Images are decoded with the node's own preprocessing
+(:mod:`dicom_node.pipelines.xray.preprocessing`), so the arrays the model is trained on are exactly
+what the node feeds it at inference time.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicom_node.preprocessing import read_image, to_model_input
+from dicom_node.pipelines.xray.preprocessing import read_image, to_model_input
 
 DEFAULT_DATA_DIR = Path("../shared/data")
 

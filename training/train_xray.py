@@ -118,7 +118,7 @@ def _limit(records: list[Record], limit: int | None) -> list[Record]:
 
 
 def load_dataset(opts: Options) -> Dataset:
-    from dicom_node.lung_fields import LungSegmenter
+    from dicom_node.pipelines.xray.lung_fields import LungSegmenter
     from training.convert_backbone import imagenet_backbone
 
     records = [r for r in read_manifest(opts.data_dir) if r.modality == "xray"]
@@ -262,7 +262,7 @@ def heat_in_lungs(model: Any, data: Dataset, rows: np.ndarray, temperature: floa
     crop is a per-axis scaling of the source, so the fraction is the same there)."""
     from PIL import Image
 
-    from dicom_node.gradcam import GradCam
+    from dicom_node.pipelines.xray.gradcam import GradCam
 
     cam = GradCam(model, layer_name=FEATURE_LAYER, logits_layer="logits", temperature=temperature)
     idx = np.flatnonzero(rows)

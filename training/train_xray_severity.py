@@ -7,7 +7,7 @@
    radiologists' geographic extent 0-8 and opacity 0-6 scores; Cohen et al., Cureus 2020).
 2. Inputs and features as in the node: decoding, the shipped lung segmentation, the lung crop
    (``training.xray_prep``), the shipped classifier's pooled Grad-CAM-layer features, plus the
-   lung intensity statistics of ``dicom_node.pipelines.xray_severity``; ``--views - 1``
+   lung intensity statistics of ``dicom_node.pipelines.xray.severity``; ``--views - 1``
    augmented views of every scored image are extra training rows (never evaluated).
 3. Regressor: PLS on standardised inputs, both scores jointly; the number of components is
    chosen by a patient-grouped inner CV.  Reported: nested patient-grouped 5-fold CV repeated
@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from dicom_node.domain import XRAY_CLASSES
-from dicom_node.model_store import find_artefact, load_keras_model
-from dicom_node.pipelines.xray_severity import lung_intensity_statistics
+from dicom_node.pipelines.model_store import find_artefact, load_keras_model
+from dicom_node.pipelines.xray.severity import lung_intensity_statistics
 from training import severity
 from training.data import DEFAULT_DATA_DIR, Record, read_manifest
 from training.evaluate import softmax
@@ -318,7 +318,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from dicom_node.lung_fields import LungSegmenter
+    from dicom_node.pipelines.xray.lung_fields import LungSegmenter
     from training.severity_card import write_artefact
 
     opts = parse_args(argv)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.model_card import (
+from dicom_node.pipelines.model_card import (
     Architecture,
     CtInputSpec,
     DataInfo,
@@ -37,8 +37,8 @@ from dicom_node.model_card import (
     Target,
     TrainingInfo,
 )
-from dicom_node.model_store import CARD_FILE, WEIGHTS_FILE, write_checksums
-from dicom_node.preprocessing import DEFAULT_CENTRAL_MARGIN, DEFAULT_PERCENTILES
+from dicom_node.pipelines.model_store import CARD_FILE, WEIGHTS_FILE, write_checksums
+from dicom_node.pipelines.xray.preprocessing import DEFAULT_CENTRAL_MARGIN, DEFAULT_PERCENTILES
 from training import card as card_io
 from training import plots
 from training.augment import AugmentConfig
@@ -206,7 +206,7 @@ def _target_limitations(targets: Sequence[Target]) -> list[str]:
 
 def _weights_provenance(cfg: TrainConfig) -> str:
     if cfg.init_from is not None:
-        from dicom_node.model_store import sha256_file
+        from dicom_node.pipelines.model_store import sha256_file
 
         return (
             f"initialised from {cfg.init_from} (SHA-256 {sha256_file(cfg.init_from)[:16]}...; "

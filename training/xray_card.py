@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dicom_node.domain import XRAY_CLASSES
-from dicom_node.model_card import (
+from dicom_node.pipelines.model_card import (
     Architecture,
     DataInfo,
     DecisionRule,
@@ -25,8 +25,8 @@ from dicom_node.model_card import (
     OperatingPoint,
     Target,
 )
-from dicom_node.model_store import write_checksums
-from dicom_node.preprocessing import (
+from dicom_node.pipelines.model_store import write_checksums
+from dicom_node.pipelines.xray.preprocessing import (
     DEFAULT_PERCENTILES,
     LUNG_CROP_MARGIN,
     LUNG_FADE_END,
@@ -273,7 +273,7 @@ def _card(
             size=INPUT_SIZE,
             percentiles=DEFAULT_PERCENTILES,
             central_margin=0.0,
-            function="dicom_node.preprocessing.lung_crop_input",
+            function="dicom_node.pipelines.xray.preprocessing.lung_crop_input",
             description=(
                 "display image (DICOM: Modality LUT, VOI LUT/window, MONOCHROME1 inverted); lung "
                 f"fields found by lung_segmentation; their box grown by {LUNG_CROP_MARGIN} per "

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dicom_node.model_card import ModelCard
+from dicom_node.pipelines.model_card import ModelCard
 
 
 def _f(value: Any, digits: int = 3) -> str:

@@ -1,9 +1,9 @@
 """X-ray training inputs: decode, find the lung fields, crop, augment, pool backbone features.
 
 Every image goes through the node's own code: ``read_image`` (decoding), the shipped lung
-segmentation (``dicom_node.lung_fields``) and ``lung_crop_input`` (the classifier's input), so
-training sees exactly what the node will feed the model.  Augmented views are made before the
-crop (rotation, gamma, noise, resolution, crop margin), on the display image and its lung mask
+segmentation (``dicom_node.pipelines.xray.lung_fields``) and ``lung_crop_input`` (the classifier's
+input), so training sees exactly what the node will feed the model.  Augmented views are made before
+the crop (rotation, gamma, noise, resolution, crop margin), on the display image and its lung mask
 together.
 
 The backbone is frozen, so each view's pooled ``top_activation`` features are computed once and
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dicom_node.lung_fields import LungFields, LungSegmenter
-from dicom_node.preprocessing import (
+from dicom_node.pipelines.xray.lung_fields import LungFields, LungSegmenter
+from dicom_node.pipelines.xray.preprocessing import (
     LUNG_CROP_MARGIN,
     LUNG_FADE_END,
     LUNG_FADE_START,

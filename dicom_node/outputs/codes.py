@@ -96,7 +96,7 @@ UNIT_MM = CodedConcept("mm", "UCUM", "millimeter")
 UNIT_COUNT = CodedConcept("{count}", "UCUM", "count")
 
 # X-ray COVID-19 severity: the two scores of Cohen et al. (Cureus 2020) and the level made from
-# the extent (``dicom_node.pipelines.xray_severity``).
+# the extent (``dicom_node.pipelines.xray.severity``).
 GEOGRAPHIC_EXTENT = _private("CXR-GEO-EXTENT", "Geographic extent score 0-8")
 OPACITY_SCORE = _private("CXR-OPACITY", "Opacity score 0-6")
 SEVERITY_LEVEL = _private("CXR-SEV-LEVEL", "COVID-19 severity level")

@@ -19,10 +19,10 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.admission import Gate
 from dicom_node.config import PacsAddress, Settings
+from dicom_node.delivery.cstore_client import StoreClient
 from dicom_node.errors import ConfigError
-from dicom_node.scu import StoreClient
+from dicom_node.intake.admission import Gate
 from dicom_node.tls import client_context
 from tests.support.factories import small_cr
 from tests.support.gate import Node, associate, audited_scp, closed_by_peer, echo_within

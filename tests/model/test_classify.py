@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dicom_node.classify import run_classify
+from dicom_node.cli.classify import run_classify
 from dicom_node.domain import SEVERITY_LEVEL_NAMES
-from dicom_node.model_store import (
+from dicom_node.pipelines.model_store import (
     CARD_FILE,
     artefact_directory,
     find_artefact,
@@ -149,7 +149,7 @@ def test_the_real_ct_series_gets_a_category_without_tensorflow(shared_data: Path
     series = next(p for p in (shared_data / "ct_volumes").iterdir() if p.is_dir())
     script = (
         "import sys, json, io\n"
-        "from dicom_node.classify import run_classify\n"
+        "from dicom_node.cli.classify import run_classify\n"
         "out = io.StringIO()\n"
         f"code = run_classify([__import__('pathlib').Path({str(series)!r})], 'ct', True, None,"
         " out, sys.stderr)\n"

@@ -22,7 +22,7 @@ from dicom_node.errors import NotAnalysable
 from dicom_node.outputs.codes import CT_CATEGORY_VALUES
 from dicom_node.outputs.readers import read_ct_assessment, read_ct_report
 from dicom_node.outputs.seg import label_map, upsample
-from dicom_node.pipelines.ct import CtPipeline, key_slices
+from dicom_node.pipelines.ct.pipeline import CtPipeline, key_slices
 from dicom_node.registry import LoadedPipeline, PipelineRegistry
 from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
 from tests.support.synthetic.phantom import Ellipsoid

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dicom_node.errors import GradCamError
-from dicom_node.gradcam import (
+from dicom_node.pipelines.xray.gradcam import (
     GradCam,
     hot_region,
     mass_inside,

@@ -10,9 +10,14 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from skimage import data as skimage_data
 
-from dicom_node.lung_fields import MODEL_NAME, LungFields, LungSegmenter, segmentation_input
-from dicom_node.model_store import find_artefact
-from dicom_node.preprocessing import read_image
+from dicom_node.pipelines.model_store import find_artefact
+from dicom_node.pipelines.xray.lung_fields import (
+    MODEL_NAME,
+    LungFields,
+    LungSegmenter,
+    segmentation_input,
+)
+from dicom_node.pipelines.xray.preprocessing import read_image
 from training.data import read_manifest
 
 MASKS = Path("annotations/lung_masks")

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.model_store import verify_checksums
+from dicom_node.pipelines.model_store import verify_checksums
 from training.data import read_manifest, sample_weights
 from training.evaluate import (
     expected_calibration_error,
@@ -69,7 +69,7 @@ def _check_run(directory: Path, classes: list[str]) -> dict:
 def test_tiny_compact_xray_training_run_is_loaded_by_the_node(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    from dicom_node.pipelines.xray import XrayPipeline
+    from dicom_node.pipelines.xray.pipeline import XrayPipeline
     from training.train_xray_compact import main
 
     out = tmp_path / "xray_classifier" / "0.0.1"

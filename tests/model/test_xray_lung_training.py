@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dicom_node.lung_fields import LungSegmenter
-from dicom_node.model_store import verify_checksums
-from dicom_node.pipelines.xray import XrayPipeline
+from dicom_node.pipelines.model_store import verify_checksums
+from dicom_node.pipelines.xray.lung_fields import LungSegmenter
+from dicom_node.pipelines.xray.pipeline import XrayPipeline
 from tests.support.factories import grey_dataset
 from training.data import Record, read_manifest
 from training.xray_prep import prepare
@@ -61,7 +61,7 @@ def test_tiny_lung_training_run_is_loaded_by_the_node(shared_data: Path, tmp_pat
     verify_checksums(out)
     assert "ood.npz" in (out / "SHA256SUMS").read_text()
     card = json.loads((out / "model_card.json").read_text())
-    assert card["input"]["function"] == "dicom_node.preprocessing.lung_crop_input"
+    assert card["input"]["function"] == "dicom_node.pipelines.xray.preprocessing.lung_crop_input"
     assert card["gradcam_layer"] == card["ood"]["layer"] == "lung_features"
     assert "Apache" in card["architecture"]["weights_provenance"]
     loso = card["extra_evaluations"]["Leave one source out"]["results"]

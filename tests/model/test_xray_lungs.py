@@ -19,13 +19,13 @@ from matplotlib.path import Path as PolygonPath
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dicom_node.classify import run_classify
+from dicom_node.cli.classify import run_classify
 from dicom_node.domain import XRAY_CLASSES, OutputContext, XrayImageFinding
 from dicom_node.errors import NotAnalysable
 from dicom_node.outputs.render import HOT_REGION_COLOUR, LUNG_OUTLINE_COLOUR
 from dicom_node.outputs.xray import build_xray_outputs
-from dicom_node.pipelines.xray import XrayPipeline
-from dicom_node.preprocessing import dataset_to_display, display_to_uint8
+from dicom_node.pipelines.xray.pipeline import INPUT_FUNCTIONS, XrayPipeline
+from dicom_node.pipelines.xray.preprocessing import dataset_to_display, display_to_uint8
 from dicom_node.registry import PipelineRegistry
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm"))
@@ -71,7 +71,7 @@ def _inside(polygon: np.ndarray, box_xyxy: list[int], slack: float = 0.0) -> np.
 
 def test_the_card_asks_for_the_lung_crop_and_the_ood_check(pipeline: XrayPipeline) -> None:
     card = pipeline.artefact.card
-    assert card.input.function == "dicom_node.preprocessing.lung_crop_input"
+    assert INPUT_FUNCTIONS[card.input.function] is True  # the lung crop
     assert card.lung_crop is not None and pipeline.segmenter is not None
     assert card.ood is not None and pipeline.ood is not None
     assert pipeline.ood.dimensions == pipeline.cam.feature_channels
@@ -276,7 +276,7 @@ def test_pooled_features_come_from_the_gradcam_pass(
 
 
 def test_lung_outline_follows_the_mask_at_source_scale() -> None:
-    from dicom_node.pipelines.xray import lung_outline
+    from dicom_node.pipelines.xray.pipeline import lung_outline
 
     mask = np.zeros((2000, 1800), bool)
     mask[300:1500, 200:800] = True

@@ -16,9 +16,9 @@ from sklearn.metrics import roc_auc_score
 
 from dicom_node.domain import XRAY_CLASSES, XrayImageFinding
 from dicom_node.errors import ModelStoreError, NotAnalysable
-from dicom_node.model_store import find_artefact, load_keras_model
-from dicom_node.pipelines.xray import XrayPipeline
-from dicom_node.preprocessing import read_image
+from dicom_node.pipelines.model_store import find_artefact, load_keras_model
+from dicom_node.pipelines.xray.pipeline import XrayPipeline
+from dicom_node.pipelines.xray.preprocessing import read_image
 from training.data import read_manifest
 
 

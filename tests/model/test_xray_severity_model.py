@@ -11,10 +11,10 @@ from scipy.stats import pearsonr
 from sklearn.metrics import roc_auc_score
 
 from dicom_node.domain import XrayImageFinding
-from dicom_node.model_store import CARD_FILE, artefact_directory, read_severity_card
-from dicom_node.pipelines.xray import XrayPipeline
-from dicom_node.pipelines.xray_severity import MODEL_NAME
-from dicom_node.preprocessing import read_image
+from dicom_node.pipelines.model_store import CARD_FILE, artefact_directory, read_severity_card
+from dicom_node.pipelines.xray.pipeline import XrayPipeline
+from dicom_node.pipelines.xray.preprocessing import read_image
+from dicom_node.pipelines.xray.severity import MODEL_NAME
 from training.data import read_manifest
 
 PER_GROUP = 24  # images per group: enough for a clear ordering, a few seconds of inference

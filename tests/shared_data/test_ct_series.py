@@ -10,7 +10,7 @@ import pytest
 from pydicom import Dataset
 
 from dicom_node.errors import NotAnalysable
-from dicom_node.pipelines.ct_series import select_series
+from dicom_node.pipelines.ct.series import select_series
 from dicom_node.pixels import hu_image
 
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from dicom_node.preprocessing import (
+from dicom_node.pipelines.xray.preprocessing import (
     body_bounding_box,
     dataset_to_display,
     hu_slice_to_display,

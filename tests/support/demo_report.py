@@ -14,7 +14,6 @@ from highdicom.sr import CodedConcept
 from pydicom import Dataset
 
 from dicom_node.domain import SEVERITY_LEVEL_NAMES, XRAY_CLASSES
-from dicom_node.model_store import find_artefact
 from dicom_node.outputs.codes import (
     CLASS_DISPLAY_NAME,
     CONSOLIDATION_VOLUME,
@@ -26,6 +25,7 @@ from dicom_node.outputs.codes import (
     SEVERITY_SCORE,
 )
 from dicom_node.outputs.readers import XrayReportImage, read_ct_assessment, read_ct_report
+from dicom_node.pipelines.model_store import find_artefact
 from tests.support.node import NodeProcess
 from tests.support.synthetic import PhantomSeries
 

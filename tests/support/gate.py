@@ -1,5 +1,5 @@
 """An in-process node SCP with its audit trail (and TLS when the settings say so), and the
-raw-socket and pynetdicom clients the front-door tests use (``dicom_node.admission``)."""
+raw-socket and pynetdicom clients the front-door tests use (``dicom_node.intake.admission``)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.audit import AuditLog
+from dicom_node.admin.audit import AuditLog
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
-from dicom_node.filing import Intake
+from dicom_node.intake.filing import Intake
+from dicom_node.intake.scp import start_scp
 from dicom_node.joblog import JobLog
-from dicom_node.metrics import Metrics
-from dicom_node.scp import start_scp
 from tests.support.net import free_port
 
 

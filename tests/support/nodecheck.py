@@ -31,7 +31,7 @@ from tests.support.node import NodeProcess
 
 UNSETTLED_STATES = ("received", "queued", "running", "sending")
 FINAL_STATES = ("done", "failed", "ignored", "dead")
-# "2026-01-15 09:30:00,123 INFO    dicom_node.scp: ..." (dicom_node.logs)
+# "2026-01-15 09:30:00,123 INFO    dicom_node.intake.scp: ..." (dicom_node.logs)
 LOG_LINE_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 MAX_LOG_LINE = 4096
 MAX_REASON = 1000

@@ -10,12 +10,12 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
-from dicom_node.filing import Intake
+from dicom_node.intake.filing import Intake
+from dicom_node.intake.scp import start_scp
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import RecordOutcome
-from dicom_node.metrics import Metrics
-from dicom_node.scp import start_scp
 from tests.support.net import free_port
 
 

@@ -15,9 +15,9 @@ from pydicom import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from dicom_node.admission import Gate
 from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
+from dicom_node.intake.admission import Gate
 from tests.support.factories import small_cr
 from tests.support.gate import (
     Node,

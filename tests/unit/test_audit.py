@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from dicom_node.admission import Gate
-from dicom_node.audit import AuditLog, audit_path
-from dicom_node.cli import main
+from dicom_node.admin.audit import AuditLog, audit_path
+from dicom_node.admin.metrics import Metrics
+from dicom_node.cli.main import main
 from dicom_node.config import PacsAddress, Settings
+from dicom_node.delivery.sender import ResultSender, StoreResult
 from dicom_node.errors import ConfigError
+from dicom_node.intake.admission import Gate
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import DueDelivery, SettledJob
-from dicom_node.metrics import Metrics
-from dicom_node.scu import ResultSender, StoreResult
 from tests.support.factories import small_cr
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.cli import main
+from dicom_node.cli.main import main
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import InstanceRecord
 from dicom_node.joblog.schema import utcnow

@@ -12,8 +12,8 @@ import pytest
 from pydicom import Dataset
 
 from dicom_node.domain import LEFT_LUNG, RIGHT_LUNG
-from dicom_node.pipelines.ct_lungs import LungSegmentation, segment_lungs
-from dicom_node.pipelines.ct_series import CtVolume, assemble, check_series
+from dicom_node.pipelines.ct.lungs import LungSegmentation, segment_lungs
+from dicom_node.pipelines.ct.series import CtVolume, assemble, check_series
 from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
 from tests.support.synthetic.phantom import AIRWAY, LEFT, RIGHT, Ellipsoid
 

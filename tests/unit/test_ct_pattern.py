@@ -9,8 +9,8 @@ import pydicom
 import pytest
 
 from dicom_node.domain import CtCategory, CtFinding
-from dicom_node.pipelines.ct import CtPipeline
-from dicom_node.pipelines.ct_pattern import NEGATIVE_BELOW_PERCENT
+from dicom_node.pipelines.ct.pattern import NEGATIVE_BELOW_PERCENT
+from dicom_node.pipelines.ct.pipeline import CtPipeline
 from tests.support.synthetic import Ball, Phantom, make_phantom, write_phantom_series
 from tests.support.synthetic.phantom import Ellipsoid
 

@@ -9,16 +9,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.pipelines.ct_focal import separate_focal_lesions
-from dicom_node.pipelines.ct_lungs import segment_lungs
-from dicom_node.pipelines.ct_quant import (
+from dicom_node.pipelines.ct.focal import separate_focal_lesions
+from dicom_node.pipelines.ct.lungs import segment_lungs
+from dicom_node.pipelines.ct.quant import (
     REGIONS,
     Quantification,
     quantify,
     segment_lesions,
     severity_band,
 )
-from dicom_node.pipelines.ct_series import assemble, check_series
+from dicom_node.pipelines.ct.series import assemble, check_series
 from tests.support.synthetic import Ball, PhantomSeries, make_phantom, write_phantom_series
 
 ACCURACY_POINTS = 2.0  # involvement percent: the acceptance limit

@@ -12,7 +12,7 @@ from pydicom import Dataset
 from pydicom.uid import RLELossless, generate_uid
 
 from dicom_node.errors import PipelineError
-from dicom_node.pipelines.ct_series import assemble, check_series, select_series
+from dicom_node.pipelines.ct.series import assemble, check_series, select_series
 from dicom_node.pixels import hu_image, stored_pixels
 from tests.support.synthetic import write_phantom_series
 from tests.support.synthetic.writer import PATIENT_ID, PATIENT_NAME

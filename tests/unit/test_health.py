@@ -100,7 +100,7 @@ def test_health_answers_while_a_model_is_loading(tmp_path: Path) -> None:
 
 
 def test_idle_admin_connections_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dicom_node.http_admin as http_admin
+    import dicom_node.admin.http as http_admin
 
     monkeypatch.setattr(http_admin, "IDLE_TIMEOUT_SECONDS", 0.5)
     node = _node(tmp_path)

@@ -41,7 +41,7 @@ def test_a_header_that_cannot_be_parsed_is_refused_with_cannot_understand(
 ) -> None:
     """A sequence item that claims more bytes than the file holds (pydicom raises OSError)."""
     from dicom_node.errors import InstanceRejected
-    from dicom_node.filing import _read_header
+    from dicom_node.intake.filing import _read_header
 
     buffer = io.BytesIO()
     small_cr().save_as(buffer, enforce_file_format=True)
@@ -186,7 +186,7 @@ def test_inbox_files_without_a_row_are_recorded_again_at_start(tmp_path: Path) -
     """After a power loss the last job-log commits can be gone while the fsynced files are
     there: start-up reconciliation restores their rows (and only theirs)."""
     from dicom_node.config import Settings
-    from dicom_node.filing import refile_unrecorded
+    from dicom_node.intake.filing import refile_unrecorded
     from dicom_node.joblog import JobLog
     from dicom_node.storage import inbox_path
 

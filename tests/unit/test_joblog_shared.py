@@ -23,13 +23,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine, text
 
-from dicom_node.cli import main as cli_main
+from dicom_node.admin.metrics import Metrics
+from dicom_node.cli.main import main as cli_main
 from dicom_node.config import Settings
 from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.joblog import JobLog, migrate
 from dicom_node.joblog.records import Reclaimed, ResultFile
 from dicom_node.joblog.schema import Base, JobState, make_engine, utcnow
-from dicom_node.metrics import Metrics
 from dicom_node.pipelines.base import Pipeline
 from dicom_node.registry import LoadedPipeline, PipelineRegistry
 from dicom_node.worker import Worker

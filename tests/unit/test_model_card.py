@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node import preprocessing
 from dicom_node.errors import ModelStoreError
-from dicom_node.model_card import CtInputSpec, InputSpec, ModelCard, SeverityCard
-from dicom_node.model_store import CARD_FILE, find_artefact
+from dicom_node.pipelines.model_card import CtInputSpec, InputSpec, ModelCard, SeverityCard
+from dicom_node.pipelines.model_store import CARD_FILE, find_artefact
+from dicom_node.pipelines.xray import preprocessing
 from training import card as card_io
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -9,7 +9,7 @@ import pydicom
 from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.outputs.ct import build_ct_outputs
 from dicom_node.outputs.xray import build_xray_outputs
-from dicom_node.pipelines.ct import CtPipeline
+from dicom_node.pipelines.ct.pipeline import CtPipeline
 from tests.support.factories import chest_cr, synthetic_xray_finding
 from tests.support.mutations import TYPE2_ATTRIBUTES
 from tests.support.synthetic import write_phantom_series

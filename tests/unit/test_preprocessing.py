@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from dicom_node.preprocessing import (
+from dicom_node.pipelines.xray.preprocessing import (
     PreprocessingError,
     dataset_to_display,
     display_to_uint8,

@@ -102,9 +102,9 @@ def _our_imports(path: Path) -> set[str]:
     [("pipelines", "dicom_node.outputs"), ("outputs", "dicom_node.pipelines")],
 )
 def test_pipelines_and_outputs_never_import_each_other(package: str, forbidden: str) -> None:
-    for path in (PACKAGE / package).glob("*.py"):
+    for path in (PACKAGE / package).rglob("*.py"):
         bad = {m for m in _our_imports(path) if m.startswith(forbidden)}
-        assert not bad, f"{path.name} imports {bad}"
+        assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
 
 
 def test_domain_and_pixels_import_nothing_of_ours() -> None:

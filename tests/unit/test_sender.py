@@ -10,17 +10,17 @@ import pytest
 from pydicom import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import DicomWebAddress, PacsAddress, Settings
+from dicom_node.delivery.sender import ResultSender
 from dicom_node.domain import ModelInfo, OutputContext
-from dicom_node.filing import Intake
+from dicom_node.intake.filing import Intake
+from dicom_node.intake.scp import stow_accepted
+from dicom_node.intake.stow_server import StowServer
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import InstanceRecord
 from dicom_node.joblog.schema import JobState, utcnow
-from dicom_node.metrics import Metrics
 from dicom_node.outputs.xray import build_xray_outputs
-from dicom_node.scp import stow_accepted
-from dicom_node.scu import ResultSender
-from dicom_node.stow_server import StowServer
 from dicom_node.worker import Worker
 from tests.support.factories import small_cr, synthetic_xray_finding
 from tests.support.net import free_port

@@ -14,15 +14,15 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_node.audit import AuditLog
+from dicom_node.admin.audit import AuditLog
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus
-from dicom_node.filing import Intake
+from dicom_node.intake.filing import Intake
+from dicom_node.intake.scp import stow_accepted
+from dicom_node.intake.stow_server import CALLING_AE, StowServer
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import RecordOutcome
-from dicom_node.metrics import Metrics
-from dicom_node.scp import stow_accepted
-from dicom_node.stow_server import CALLING_AE, StowServer
 from tests.support.factories import small_cr
 from tests.support.net import free_port
 

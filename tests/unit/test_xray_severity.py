@@ -11,15 +11,15 @@ import pytest
 
 from dicom_node.domain import XRAY_CLASSES
 from dicom_node.errors import PipelineError
-from dicom_node.model_card import SeverityCard
-from dicom_node.model_store import (
+from dicom_node.pipelines.model_card import SeverityCard
+from dicom_node.pipelines.model_store import (
     CARD_FILE,
     artefact_directory,
     find_artefact,
     read_severity_card,
     write_checksums,
 )
-from dicom_node.pipelines.xray_severity import (
+from dicom_node.pipelines.xray.severity import (
     LUNG_STATISTICS,
     MODEL_NAME,
     SeverityHead,

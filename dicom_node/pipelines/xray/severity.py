@@ -25,8 +25,8 @@ import numpy as np
 
 from dicom_node.domain import SEVERITY_LEVEL_NAMES, XraySeverity
 from dicom_node.errors import ModelStoreError, PipelineError
-from dicom_node.model_card import SeverityCard
-from dicom_node.model_store import (
+from dicom_node.pipelines.model_card import SeverityCard
+from dicom_node.pipelines.model_store import (
     CARD_FILE,
     CHECKSUM_FILE,
     artefact_directory,

@@ -38,14 +38,14 @@ def _key(json_name: str) -> dict[str, str]:
 
 @dataclass(frozen=True, kw_only=True)
 class InputSpec:
-    """How an image becomes the model input (``dicom_node.preprocessing.to_model_input``)."""
+    """How an image becomes the model input (``pipelines.xray.preprocessing.to_model_input``)."""
 
     size: int  # square side in pixels
     channels: int = 1
     value_range: tuple[float, float] = field(default=(0.0, 1.0), metadata=_key("range"))
     percentiles: tuple[float, float] = (1.0, 99.0)  # the contrast stretch
     central_margin: float = 0.1  # the stretch's percentiles come from the centre without it
-    function: str = "dicom_node.preprocessing.to_model_input"
+    function: str = "dicom_node.pipelines.xray.preprocessing.to_model_input"
     description: str = ""
 
 
@@ -60,7 +60,7 @@ class CtInputSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class LungCropSpec:
-    """X-ray models that see the lung fields (``dicom_node.preprocessing.lung_crop_input``)."""
+    """X-ray models that see the lung fields (``pipelines.xray.preprocessing.lung_crop_input``)."""
 
     segmentation_model: str = "lung_segmentation"  # the artefact that finds the lung fields
     segmentation_version: str | None = None  # None: the newest shipped version

@@ -39,11 +39,11 @@ from dicom_node.domain import (
 )
 from dicom_node.errors import NotAnalysable
 from dicom_node.pipelines.base import Pipeline
-from dicom_node.pipelines.ct_focal import separate_focal_lesions
-from dicom_node.pipelines.ct_lungs import LungSegmentation, segment_lungs
-from dicom_node.pipelines.ct_pattern import assess, measure_features
-from dicom_node.pipelines.ct_quant import quantify, segment_lesions
-from dicom_node.pipelines.ct_series import CtVolume, assemble, select_series
+from dicom_node.pipelines.ct.focal import separate_focal_lesions
+from dicom_node.pipelines.ct.lungs import LungSegmentation, segment_lungs
+from dicom_node.pipelines.ct.pattern import assess, measure_features
+from dicom_node.pipelines.ct.quant import quantify, segment_lesions
+from dicom_node.pipelines.ct.series import CtVolume, assemble, select_series
 
 log = logging.getLogger(__name__)
 

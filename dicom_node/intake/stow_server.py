@@ -35,10 +35,10 @@ from typing import Any, BinaryIO
 
 import pydicom
 
-from dicom_node.audit import AuditLog
+from dicom_node.admin.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus
-from dicom_node.filing import Accepted, FilingOutcome, Intake, file_part10
+from dicom_node.intake.filing import Accepted, FilingOutcome, Intake, file_part10
 from dicom_node.logs import clean
 from dicom_node.storage import free_disk_mb, is_safe_uid
 

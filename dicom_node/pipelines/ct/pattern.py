@@ -39,8 +39,8 @@ from dicom_node.domain import (
     FocalLesion,
     Quantification,
 )
-from dicom_node.pipelines.ct_lungs import costal_sector, midline_x, xy_planes
-from dicom_node.pipelines.ct_series import CtVolume
+from dicom_node.pipelines.ct.lungs import costal_sector, midline_x, xy_planes
+from dicom_node.pipelines.ct.series import CtVolume
 
 NEGATIVE_BELOW_PERCENT = 1.0
 TYPICAL_MIN_PERCENT = 3.0

@@ -31,12 +31,12 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus, InstanceRejected
 from dicom_node.joblog import IntakeLog
 from dicom_node.joblog.records import InstanceRecord, RecordOutcome
 from dicom_node.logs import clean
-from dicom_node.metrics import Metrics
 from dicom_node.storage import adopt_file, free_disk_mb, inbox_path, is_safe_uid
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from dicom_node.errors import PipelineError
-from dicom_node.model_card import OodSpec
-from dicom_node.model_store import CHECKSUM_FILE, ModelArtefact, checksummed_files
+from dicom_node.pipelines.model_card import OodSpec
+from dicom_node.pipelines.model_store import CHECKSUM_FILE, ModelArtefact, checksummed_files
 
 
 class FeatureDistance:

@@ -19,8 +19,8 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
 from dicom_node.config import DicomWebAddress
+from dicom_node.delivery.store_result import StoreResult
 from dicom_node.errors import DicomStatus
-from dicom_node.store_result import StoreResult
 
 log = logging.getLogger(__name__)
 # dicomweb-client's retry wrapper logs every failed request as a warning with a traceback, even

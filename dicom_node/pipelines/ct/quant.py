@@ -35,7 +35,7 @@ from dicom_node.domain import (
     Quantification,
     RegionScore,
 )
-from dicom_node.pipelines.ct_series import CtVolume
+from dicom_node.pipelines.ct.series import CtVolume
 
 GGO_HU = (-750, -300)  # low inclusive, high exclusive
 CONSOLIDATION_HU = (-300, 50)  # both inclusive

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_node.domain import BACKGROUND, LEFT_LUNG, RIGHT_LUNG
-from dicom_node.pipelines.ct_series import CtVolume
+from dicom_node.pipelines.ct.series import CtVolume
 
 AIR_HU = -400
 AIRWAY_HU = (-990, -975, -960, -945, -930, -915, -900)  # tried in this order

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dicom_node.errors import ModelStoreError
-from dicom_node.model_card import ModelCard, SeverityCard
+from dicom_node.pipelines.model_card import ModelCard, SeverityCard
 
 CardT = TypeVar("CardT")
 WEIGHTS_FILE = "model.keras"
@@ -47,7 +47,7 @@ def default_models_dir() -> Path:
     env = os.environ.get("DICOM_NODE_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    return Path(__file__).resolve().parents[2] / "models"
 
 
 def sha256_file(path: Path) -> str:
@@ -153,5 +153,5 @@ def load_keras_model(artefact: ModelArtefact) -> Any:
 
 
 def read_severity_card(path: Path) -> SeverityCard:
-    """A severity head's ``model_card.json`` (``dicom_node.pipelines.xray_severity``)."""
+    """A severity head's ``model_card.json`` (``dicom_node.pipelines.xray.severity``)."""
     return _read(path, SeverityCard.from_json)

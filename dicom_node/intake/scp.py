@@ -36,12 +36,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-from dicom_node import admission, tls
-from dicom_node.admission import Gate, GuardedServer
-from dicom_node.audit import AuditLog
+from dicom_node import tls
+from dicom_node.admin.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus
-from dicom_node.filing import Accepted, Intake, handle_store, receive_to_files
+from dicom_node.intake import admission
+from dicom_node.intake.admission import Gate, GuardedServer
+from dicom_node.intake.filing import Accepted, Intake, handle_store, receive_to_files
 
 log = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "db":
         return _db(settings, args.db_command)
     if command == "classify":
-        from dicom_node.classify import run_classify
+        from dicom_node.cli.classify import run_classify
 
         return run_classify(
             list(args.paths), args.pipeline, args.json, args.heatmap_dir, sys.stdout, sys.stderr
@@ -179,7 +179,7 @@ def _peer(settings: Settings, to: str | None) -> PacsAddress:
 
 def _security_notes(settings: Settings) -> list[str]:
     """What ``config`` says on stderr (the JSON on stdout stays machine-readable)."""
-    from dicom_node.audit import audit_path
+    from dicom_node.admin.audit import audit_path
 
     notes = []
     if not settings.allowed_aes:
@@ -234,7 +234,7 @@ def _send(
     files: list[Path],
     tls: ssl.SSLContext | None = None,
 ) -> int:
-    from dicom_node.scu import StoreClient
+    from dicom_node.delivery.cstore_client import StoreClient
 
     peer = _peer(settings, to)
     paths = [p for f in files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
@@ -378,7 +378,7 @@ def _summary_text(summary: str | None) -> str:
 
 def _audit_admin(settings: Settings, action: str, **fields: Any) -> None:
     """An admin action in the audit trail; a command that cannot write it says so."""
-    from dicom_node.audit import AuditLog
+    from dicom_node.admin.audit import AuditLog
 
     try:
         # The serving process rotates the file; a short-lived command only appends.

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dicom_node.metrics import Metrics
+from dicom_node.admin.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

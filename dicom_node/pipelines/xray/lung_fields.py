@@ -22,8 +22,8 @@ from PIL import Image
 from scipy import ndimage
 from skimage import measure
 
-from dicom_node.model_store import find_artefact, load_keras_model
-from dicom_node.preprocessing import mask_box, to_model_input
+from dicom_node.pipelines.model_store import find_artefact, load_keras_model
+from dicom_node.pipelines.xray.preprocessing import mask_box, to_model_input
 
 MODEL_NAME = "lung_segmentation"
 

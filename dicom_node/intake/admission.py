@@ -49,10 +49,10 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node import tls
-from dicom_node.audit import AuditLog
+from dicom_node.admin.audit import AuditLog
 from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
-from dicom_node.filing import NodeAssociation
+from dicom_node.intake.filing import NodeAssociation
 
 log = logging.getLogger(__name__)
 

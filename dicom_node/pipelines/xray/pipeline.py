@@ -1,17 +1,17 @@
 """Chest X-ray pipeline: COVID-19 / normal / bacterial pneumonia with a Grad-CAM heatmap.
 
 ``preprocess`` decodes each frontal radiograph of the study with the shared preprocessing
-(:mod:`dicom_node.preprocessing`, the same code the model was trained with).  For models that
-look at the lung fields (cards with ``lung_crop``), the shipped lung segmentation
-(:mod:`dicom_node.lung_fields`) runs on all of them as one batch; an image without two plausible
-lung fields is *not analysable* (a photograph, a blank or inverted image, a CT slice), and the
-others are cropped to their lung fields (``lung_crop_input``).  ``predict`` runs the inputs as
-one batch through a compiled ``tf.function`` that returns temperature-scaled probabilities,
-Grad-CAM maps and the Grad-CAM layer's pooled features together.  ``postprocess`` refuses images
-whose features lie far from the training radiographs (cards with ``ood``), puts each map back
-into the source image and outlines its hottest region on the lungs for the SR, and, where a
-severity head for this classifier is shipped (:mod:`dicom_node.pipelines.xray_severity`),
-gives each image its COVID-19 severity scores from the same features.
+(:mod:`.preprocessing`, the same code the model was trained with).  For models that look at the lung
+fields (cards with ``lung_crop``), the shipped lung segmentation (:mod:`.lung_fields`) runs on all
+of them as one batch; an image without two plausible lung fields is *not analysable* (a photograph,
+a blank or inverted image, a CT slice), and the others are cropped to their lung fields
+(``lung_crop_input``).  ``predict`` runs the inputs as one batch through a compiled ``tf.function``
+that returns temperature-scaled probabilities, Grad-CAM maps and the Grad-CAM layer's pooled
+features together.  ``postprocess`` refuses images whose features lie far from the training
+radiographs (cards with ``ood``), puts each map back into the source image and outlines its hottest
+region on the lungs for the SR, and, where a severity head for this classifier is shipped
+(:mod:`dicom_node.pipelines.xray.severity`), gives each image its COVID-19 severity scores from the
+same features.
 
 A study none of whose images is analysable raises ``NotAnalysable`` (the job is ``ignored``
 with the reasons; ``PipelineError``, ``failed``, when one could not be decoded); otherwise the
@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 from pydicom import Dataset
 
-from dicom_node import gradcam, lung_fields
 from dicom_node.domain import (
     XRAY_CLASSES,
     Box,
@@ -40,19 +39,20 @@ from dicom_node.domain import (
     XraySeverity,
 )
 from dicom_node.errors import NotAnalysable, PipelineError, PreprocessingError
-from dicom_node.lung_fields import LungFields
-from dicom_node.model_card import LungCropSpec, OodSpec
-from dicom_node.model_store import ModelArtefact, find_artefact, load_keras_model
 from dicom_node.pipelines.base import Pipeline
-from dicom_node.pipelines.feature_distance import FeatureDistance
-from dicom_node.pipelines.xray_severity import SeverityHead, severity_record
-from dicom_node.preprocessing import (
+from dicom_node.pipelines.model_card import LungCropSpec, OodSpec
+from dicom_node.pipelines.model_store import ModelArtefact, find_artefact, load_keras_model
+from dicom_node.pipelines.xray import gradcam, lung_fields
+from dicom_node.pipelines.xray.feature_distance import FeatureDistance
+from dicom_node.pipelines.xray.lung_fields import LungFields
+from dicom_node.pipelines.xray.preprocessing import (
     LoadedImage,
     dataset_to_display,
     display_to_uint8,
     lung_crop_input,
     to_model_input,
 )
+from dicom_node.pipelines.xray.severity import SeverityHead, severity_record
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,17 @@ LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
 # pixels look like (a CT slice can show two dark lung fields side by side).
 NOT_RADIOGRAPHS = frozenset({"CT", "MR", "PT", "NM", "US", "OCT", "SEG", "SR", "RTSTRUCT"})
 INPUT_FUNCTIONS = {
-    "dicom_node.preprocessing.to_model_input": False,  # the whole image
-    "dicom_node.preprocessing.lung_crop_input": True,  # the lung fields
+    "dicom_node.pipelines.xray.preprocessing.to_model_input": False,  # the whole image
+    "dicom_node.pipelines.xray.preprocessing.lung_crop_input": True,  # the lung fields
+    # The same functions as named by cards written before the package layout (models <= 2.0.0).
+    "dicom_node.preprocessing.to_model_input": False,
+    "dicom_node.preprocessing.lung_crop_input": True,
 }
 OUTLINE_MAX_SIDE = 256  # the lung outline is traced on the mask at most this size
 
 
 class Segmenter(Protocol):
-    """What the pipeline needs of :class:`dicom_node.lung_fields.LungSegmenter`."""
+    """What the pipeline needs of :class:`dicom_node.pipelines.xray.lung_fields.LungSegmenter`."""
 
     def warm_up(self) -> None: ...
 

@@ -11,11 +11,11 @@ guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else 
   ``heat_in_lungs`` (share of the heatmap on the lungs) and ``triage_suspicion`` (the label
   rule chose a class that is not the most probable one); with a severity model,
   ``geographic_extent`` (0-8), ``opacity`` (0-6), ``severity_level`` (0-3) and ``severity``
-  (its name), see :mod:`dicom_node.pipelines.xray_severity`.  An image that is no frontal chest
+  (its name), see :mod:`dicom_node.pipelines.xray.severity`.  An image that is no frontal chest
   radiograph the model can read (no plausible lung fields, unlike the training images, a
   lateral view, a CT) gives ``{"not_analysable": "<reason>", "label": null, ...}``: an
   answer, not an error.
-- ``ct``: a directory (a series) -> the CT pipeline (:mod:`dicom_node.pipelines.ct`): the
+- ``ct``: a directory (a series) -> the CT pipeline (:mod:`dicom_node.pipelines.ct.pipeline`): the
   RSNA category (``label``, ``ct_category``), ``features``, ``reasons`` and the measurements.
   A single slice (PNG/JPEG or one DICOM file) is not analysable: the assessment is made on the
   volume.  The CT path imports no TensorFlow.
@@ -44,13 +44,13 @@ from dicom_node.errors import (
     PipelineError,
     PreprocessingError,
 )
-from dicom_node.pipelines.xray_severity import severity_record
-from dicom_node.preprocessing import LoadedImage, read_image
+from dicom_node.pipelines.xray.preprocessing import LoadedImage, read_image
+from dicom_node.pipelines.xray.severity import severity_record
 from dicom_node.registry import PipelineRegistry
 
 if TYPE_CHECKING:
-    from dicom_node.pipelines.ct import CtPipeline
-    from dicom_node.pipelines.xray import XrayPipeline
+    from dicom_node.pipelines.ct.pipeline import CtPipeline
+    from dicom_node.pipelines.xray.pipeline import XrayPipeline
 
 PIPELINES = ("xray", "ct")
 CHUNK = 16  # x-ray files classified per batch (bounds memory for large radiographs)
@@ -167,7 +167,7 @@ class _Runner:
         return results
 
     def xray_series(self, job: _Job) -> dict[str, Any]:
-        from dicom_node.pipelines.xray import most_confident
+        from dicom_node.pipelines.xray.pipeline import most_confident
 
         pipeline = self.xray()
         datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]

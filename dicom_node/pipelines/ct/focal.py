@@ -26,9 +26,9 @@ import numpy as np
 from scipy import ndimage
 
 from dicom_node.domain import CONSOLIDATION, FOCAL, GGO, NO_LESION, FocalLesion
-from dicom_node.pipelines.ct_lungs import costal_sector, midline_x, xy_planes
-from dicom_node.pipelines.ct_quant import dilate_box
-from dicom_node.pipelines.ct_series import CtVolume
+from dicom_node.pipelines.ct.lungs import costal_sector, midline_x, xy_planes
+from dicom_node.pipelines.ct.quant import dilate_box
+from dicom_node.pipelines.ct.series import CtVolume
 
 FOCAL_CORE_RADIUS_MM = 5.0  # the solid core is at least 10 mm across
 FOCAL_MIN_CORE_ML = 0.4

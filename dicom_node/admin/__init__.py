@@ -1,0 +1,1 @@
+"""Administration: the admin HTTP port (``/healthz``, ``/metrics``), metrics, audit trail."""

@@ -1,0 +1,6 @@
+"""Intake role: receiving instances and filing them durably.
+
+``admission`` (the gate in front of the DICOM port: deadlines, slots, AE + host binding),
+``scp`` (the pynetdicom AE and its handlers), ``filing`` (the C-STORE contract: checks, atomic
+write, one job-log row per instance), ``stow_server`` (STOW-RS through the same filing).
+"""
