@@ -4,11 +4,10 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /opt/dicom-node
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY dicom_node ./dicom_node
-COPY training ./training
 COPY models ./models
-RUN pip install --upgrade pip && pip install '.[cpu]'
+RUN pip install --upgrade pip && pip install -c constraints.txt '.[cpu]'
 
 # Shipped models live next to the package; results and the job log go to the volume.
 ENV DICOM_NODE_MODELS_DIR=/opt/dicom-node/models \

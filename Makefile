@@ -4,15 +4,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= cpu,train,dev
 
-.PHONY: install system-deps viewer demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-severity train-xray-compact ct-pictures clean
+.PHONY: install lock system-deps viewer demo test test-unit test-integration lint bench train-xray train-lungseg train-xray-severity train-xray-compact ct-pictures clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every package to the versions CI tested (`make lock` renews it).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	touch $@
+
+# Resolve the newest versions pyproject.toml allows in a scratch venv and pin them all.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[$(EXTRAS)]'
+	( echo "# pip constraints: what make install and CI use. Renew with make lock (then make lint test)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | LC_ALL=C sort ) > constraints.txt
+	rm -rf .lock-venv
 
 system-deps:
 	./scripts/install-system-deps.sh
@@ -38,7 +48,7 @@ test-integration: install system-deps
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	$(PY) -m mypy --strict dicom_node training
 
 bench: install system-deps
 	$(PY) bench/bench_scp.py
@@ -47,8 +57,9 @@ bench: install system-deps
 	$(PY) bench/bench_ct.py
 	$(PY) bench/bench_scaleout.py
 
-# The commands that produced the shipped models, on 2 CPU cores. The X-ray classifier sees the
-# lung fields found by the segmentation model, so train-xray runs train-lungseg's result.
+# The commands that produced the shipped models, on 2 CPU cores; hyper-parameters in
+# training/configs/<model>.toml (--config). The X-ray classifier sees the lung fields found by
+# the segmentation model, so train-xray runs train-lungseg's result.
 train-lungseg: install
 	$(PY) -m training.train_lungseg --out models/lung_segmentation/1.0.0
 
@@ -59,9 +70,10 @@ train-xray: install
 train-xray-severity: install
 	$(PY) -m training.train_xray_severity --out models/xray_severity/1.0.0
 
-# The previous default (compact CNN on the whole image), kept for comparison.
+# The previous default (compact CNN on the whole image), kept for comparison; it has its own
+# trainer in training/legacy/ (see training/legacy/__init__.py for why it is kept).
 train-xray-compact: install
-	$(PY) -m training.train_xray_compact --out models/xray_classifier/1.0.0
+	$(PY) -m training.legacy.train_xray_compact --out models/xray_classifier/1.0.0
 
 ct-pictures: install
 	$(PY) scripts/ct_pictures.py ../shared/data/ct_volumes/Lung-PET-CT-Dx_A0001_5mm_kernelB docs/ct-a0001

@@ -26,10 +26,10 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node.config import Settings
 from dicom_node.joblog import AssemblyLog
 from dicom_node.joblog.records import RecordOutcome
 from dicom_node.joblog.schema import JobState, utcnow
@@ -43,9 +43,19 @@ _SLACK = dt.timedelta(milliseconds=50)
 ADOPT_SECONDS = 2.0
 
 
+class AssemblySettings(Protocol):
+    """What the assembler reads of the configuration (``config.Settings`` has it)."""
+
+    def quiet_seconds(self, modality: str | None) -> float: ...
+    @property
+    def release_grace_seconds(self) -> float | None: ...
+    @property
+    def shared_joblog(self) -> bool: ...
+
+
 class StudyAssembler:
     def __init__(
-        self, settings: Settings, joblog: AssemblyLog, on_queued: Callable[[], None]
+        self, settings: AssemblySettings, joblog: AssemblyLog, on_queued: Callable[[], None]
     ) -> None:
         self._settings = settings
         self._joblog = joblog

@@ -117,8 +117,9 @@ class Settings:
     worker_name: str | None = None
     worker_lease_seconds: float = 60.0
     job_max_attempts: int = 3
-    # ``AE@host:port`` (C-STORE) or ``dicomweb+http://host:port/dicom-web`` (STOW-RS).
-    pacs: Destination | None = PacsAddress("ORTHANC", "127.0.0.1", 4242)
+    # ``AE@host:port`` (C-STORE) or ``dicomweb+http://host:port/dicom-web`` (STOW-RS); None:
+    # results stay in ``outbox/`` (a site names its PACS; the demo sets its Orthanc).
+    pacs: Destination | None = None
     # Empty means any calling AE may connect (logged as a warning at start).
     allowed_aes: tuple[str, ...] = ()
     require_called_ae: bool = True

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 
@@ -116,6 +117,20 @@ class XrayImageFinding:
     def top_class(self) -> str:
         """The most probable class (the label unless ``triage_suspicion``)."""
         return max(self.probabilities, key=lambda key: self.probabilities[key])
+
+
+class Heatmap(Protocol):
+    """A picture with a heatmap to draw (``classify --heatmap-dir``); ``XrayImageFinding``
+    is one."""
+
+    @property
+    def display_image(self) -> np.ndarray: ...
+    @property
+    def heatmap(self) -> np.ndarray: ...
+    @property
+    def hot_region(self) -> np.ndarray: ...
+    @property
+    def lung_outline(self) -> tuple[np.ndarray, ...]: ...
 
 
 @dataclass(frozen=True)

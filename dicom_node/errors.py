@@ -4,19 +4,28 @@ The tree::
 
     NodeError
     ├── ConfigError            a setting is invalid (the message names it); stops the start
+    │   └── SchemaError        the job log's schema is missing, behind or unknown [joblog.migrate]
     ├── InstanceRejected       a received data set is refused; carries its C-STORE status
+    ├── IntakeRefused          a connection or request is refused before anything is filed
+    │   ├── Refused            an association: dropped, or A-ASSOCIATE-RJ [intake.admission]
+    │   └── RequestRefused     a STOW-RS request: an HTTP error status [intake.stow_server]
     ├── PipelineError          an analysis failed                    -> job ``failed``
     │   ├── NotAnalysable      valid DICOM this pipeline does not analyse -> job ``ignored``
     │   │   └── SeriesRejected one CT series is unusable (others may still be)
     │   ├── PreprocessingError an image cannot be decoded or prepared for a model
     │   └── GradCamError       the model has no usable layer for Grad-CAM
     ├── ModelStoreError        a model artefact is missing, incomplete or fails its checksum
+    ├── OutputError            a finding does not fit its sources (a bug)    -> job ``failed``
     ├── SendError              a result could not be delivered (one attempt)
+    ├── InvalidTransition      a job state change the state machine forbids (a bug) [joblog.schema]
     └── ClassifyError          ``dicom-node classify`` cannot read its input
 
-They are mapped to DICOM statuses and job states only at the boundaries: the C-STORE handler
-(``scp``), the worker and the sender.  Messages never hold patient data: they name instances by
-UID, attributes by keyword and the step that failed.  This module imports nothing of ours.
+A class marked ``[module]`` is defined in that module, beside the code that raises it.  They
+are mapped to DICOM statuses and job states only at the boundaries: the filing of a received
+instance (``intake.filing``, for C-STORE and STOW-RS), the ``worker`` and the sender
+(``delivery.cstore_client``, ``delivery.sender``).  Messages never hold patient data: they
+name instances by UID, attributes by keyword and the step that failed.  This module imports
+nothing of ours.
 """
 
 from __future__ import annotations
@@ -53,6 +62,11 @@ class InstanceRejected(NodeError):
         self.reason = reason
 
 
+class IntakeRefused(NodeError):
+    """A whole connection or request is refused before any instance is filed; the subclasses
+    carry how it is answered (an A-ASSOCIATE-RJ, an HTTP status)."""
+
+
 class PipelineError(NodeError):
     """The analysis failed; the message is shown in the job log (no patient data)."""
 
@@ -77,6 +91,10 @@ class GradCamError(PipelineError, ValueError):
 
 class ModelStoreError(NodeError):
     """A model artefact is missing, incomplete or fails its checksum."""
+
+
+class OutputError(NodeError, ValueError):
+    """A finding cannot be made into result objects (it does not match its sources): a bug."""
 
 
 class SendError(NodeError):

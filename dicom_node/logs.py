@@ -2,7 +2,8 @@
 
 Our own log lines never contain patient names or IDs (only UIDs, AE titles, counts), and
 values that come from a data set go through :func:`clean` (control characters escaped,
-length bounded) so a hostile value cannot forge log lines or flood the log.  As a last line
+length bounded) so a hostile value cannot forge log lines or flood the log; messages that may
+span lines (job-log reasons) go through :func:`one_line`.  As a last line
 of defence every record is flattened to one line of at most ``MAX_LINE`` characters.
 pynetdicom's debug output can dump whole datasets, so it (and highdicom's chatter) is kept at
 WARNING unless the admin sets ``log_patient_data`` together with ``log_level = DEBUG``.
@@ -25,6 +26,23 @@ def clean(value: object, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[:limit] + f"...({len(text)} chars)"
     return escape_controls(text)
+
+
+def one_line(text: str, limit: int | None = None, *, squeeze: bool = False) -> str:
+    """A message that may span lines (decoder plugins, exceptions) as one line for the job log.
+
+    Its non-blank lines, stripped, joined by single spaces; with ``squeeze`` every run of
+    whitespace, inside lines too, becomes one space.  Longer than ``limit``: cut to ``limit``
+    characters, the last three ``...``.  Control characters other than line breaks stay: pass
+    the result through :func:`clean` (or :func:`escape_controls`) where that matters.
+    """
+    if squeeze:
+        flat = " ".join(text.split())
+    else:
+        flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if limit is not None and len(flat) > limit:
+        flat = flat[: limit - 3] + "..."
+    return flat
 
 
 def escape_controls(text: str) -> str:

@@ -6,6 +6,9 @@ outputs read them again to render key images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 from pydicom import Dataset
 from pydicom.uid import (
@@ -58,3 +61,16 @@ def hu_image(ds: Dataset, step: int = 1) -> np.ndarray:
     else:
         values = np.rint(raw.astype(np.float32) * slope + intercept).astype(np.int32)
     return np.clip(values, HU_MIN, HU_MAX).astype(np.int16)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded image: ``display`` is float32 in [0, 1], MONOCHROME2, shape (rows, columns)."""
+
+    path: Path | None
+    display: np.ndarray
+    dataset: Dataset | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self.display.shape[0]), int(self.display.shape[1]))

@@ -19,15 +19,38 @@ import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
 EXPIRY_WARNING_DAYS = 30
+
+
+class ClientTlsSettings(Protocol):
+    """What the client context reads (``config.Settings`` has it)."""
+
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+    @property
+    def tls_ca(self) -> Path | None: ...
+
+
+class TlsSettings(ClientTlsSettings, Protocol):
+    """What the DICOM port's context and its description read."""
+
+    @property
+    def tls_enabled(self) -> bool: ...
+    @property
+    def requires_client_cert(self) -> bool: ...
+    @property
+    def pacs_tls(self) -> bool: ...
+    @property
+    def port(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +66,7 @@ class CertificateInfo:
         return (self.not_after - dt.datetime.now(dt.UTC)).total_seconds() / 86400
 
 
-def server_context(settings: Settings) -> ssl.SSLContext | None:
+def server_context(settings: TlsSettings) -> ssl.SSLContext | None:
     """The DICOM port's context, or None when ``tls_cert`` is unset (plain DICOM)."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -65,7 +88,7 @@ def server_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def client_context(settings: Settings, check_hostname: bool = True) -> ssl.SSLContext:
+def client_context(settings: ClientTlsSettings, check_hostname: bool = True) -> ssl.SSLContext:
     """Context for associations the node opens (results to the PACS, ``echo``/``send``).
 
     ``check_hostname`` is only turned off for checks against the node itself, whose
@@ -111,7 +134,7 @@ def peer_subject(sock: ssl.SSLSocket) -> str | None:
     return _name(cert["subject"]) if cert and "subject" in cert else None
 
 
-def describe(settings: Settings) -> str:
+def describe(settings: TlsSettings) -> str:
     """One log line about the DICOM TLS setup (no key material)."""
     if not settings.tls_enabled:
         return (

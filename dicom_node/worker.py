@@ -24,18 +24,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 from pydicom import Dataset
 
 from dicom_node import __version__
 from dicom_node.admin.metrics import Metrics
-from dicom_node.config import Settings
+from dicom_node.config import Destination
 from dicom_node.domain import OutputContext
 from dicom_node.errors import NotAnalysable, PipelineError
 from dicom_node.joblog import WorkQueue
 from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
-from dicom_node.logs import clean
+from dicom_node.logs import clean, one_line
 from dicom_node.registry import PipelineRegistry
 from dicom_node.storage import atomic_write
 
@@ -49,10 +50,31 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:64]
 
 
+class WorkerSettings(Protocol):
+    """What a worker reads of the configuration (``config.Settings`` has it)."""
+
+    @property
+    def worker_name(self) -> str | None: ...
+    @property
+    def worker_lease_seconds(self) -> float: ...
+    @property
+    def worker_threads(self) -> int: ...
+    @property
+    def job_max_attempts(self) -> int: ...
+    @property
+    def preload_models(self) -> bool: ...
+    @property
+    def pacs(self) -> Destination | None: ...
+    @property
+    def outbox_dir(self) -> Path: ...
+    @property
+    def fsync(self) -> bool: ...
+
+
 class Worker:
     def __init__(
         self,
-        settings: Settings,
+        settings: WorkerSettings,
         joblog: WorkQueue,
         pipelines: PipelineRegistry,
         metrics: Metrics,
@@ -254,13 +276,7 @@ def redact(text: str, sources: Sequence[Dataset], limit: int = 500) -> str:
             values.update(p.strip() for p in (text_value, *parts) if len(p.strip()) >= 3)
     for value in sorted(values, key=len, reverse=True):
         text = text.replace(value, "<redacted>")
-    return clean(_one_line(text, limit), limit + 20)
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    """One line for the job log (decoder plugins report one line each), of bounded length."""
-    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return clean(one_line(text, limit), limit + 20)
 
 
 def _read_source(path: Path) -> Dataset:

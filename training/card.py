@@ -1,187 +1,72 @@
-"""Model card: ``model_card.json`` (machine-readable, read by the node) and ``model_card.md``.
+"""The one model-card writer: ``model_card.json``, ``model_card.md`` and ``SHA256SUMS``.
 
-Both are written from one :class:`dicom_node.pipelines.model_card.ModelCard`.
+Every training run writes its card with :func:`write`: the JSON is the typed card
+(:mod:`dicom_node.pipelines.model_card`, what the node reads) with NaN/inf as null, and the
+Markdown is rendered from the card as read back, by the section module of its kind
+(:func:`markdown`):
+
+- :class:`SeverityCard` (the severity head): :mod:`training.card_severity`;
+- ``lung_segmentation``: :mod:`training.card_lungseg`;
+- an X-ray classifier on the lung fields (``lung_crop``): :mod:`training.card_xray`;
+- a whole-image classifier (``models/xray_classifier/1.0.0``): :mod:`training.card_whole_image`.
+
+The section modules import nothing of ``training``; the ``train_*`` scripts build the card and
+call this module, never the other way round.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-from dicom_node.pipelines.model_card import ModelCard
+from dicom_node.pipelines.model_card import ModelCard, SeverityCard
+from dicom_node.pipelines.model_store import CARD_FILE, write_checksums
+from training import card_lungseg, card_severity, card_whole_image, card_xray
 
-T = TypeVar("T")
+__all__ = ["MARKDOWN_FILE", "clean", "markdown", "write"]
+
+MARKDOWN_FILE = "model_card.md"
+LUNG_SEGMENTATION = "lung_segmentation"
+
+Card = TypeVar("Card", ModelCard, SeverityCard)
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """NaN/inf -> None so the JSON is standard; tuples -> lists; numpy scalars -> Python."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float):
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     return value
 
 
-def write(card: ModelCard, json_path: Path, markdown_path: Path) -> ModelCard:
-    """Write ``model_card.json`` and ``model_card.md``; returns the card as written (NaN: None)."""
-    data = _clean(card.to_json())
-    json_path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    written = ModelCard.from_json(data)
-    write_markdown(written, markdown_path)
+def markdown(card: ModelCard | SeverityCard) -> str:
+    """``model_card.md`` of any card ``training`` writes, by its kind."""
+    if isinstance(card, SeverityCard):
+        return card_severity.markdown(card)
+    if card.name == LUNG_SEGMENTATION:
+        return card_lungseg.markdown(card)
+    if card.lung_crop is not None:
+        return card_xray.markdown(card)
+    return card_whole_image.markdown(card)
+
+
+def write(card: Card, out: Path, checksummed: Sequence[str]) -> Card:
+    """Write ``model_card.json`` and ``model_card.md`` into ``out``, then ``SHA256SUMS`` of
+    ``checksummed`` (the files the node reads: weights, the card, ...); returns the card as
+    written (NaN: None), which is what the Markdown shows."""
+    data = clean(card.to_json())
+    (out / CARD_FILE).write_text(json.dumps(data, indent=2) + "\n")
+    written = type(card).from_json(data)
+    (out / MARKDOWN_FILE).write_text(markdown(written))
+    write_checksums(out, tuple(checksummed))
     return written
-
-
-def _need(value: T | None, name: str) -> T:
-    if value is None:
-        raise ValueError(f"the model card has no {name}: cannot write model_card.md")
-    return value
-
-
-def _f(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.{digits}f}"
-
-
-def _ci(values: Any) -> str:
-    if not values or any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
-        return "n/a"
-    return f"{values[0]:.3f}-{values[1]:.3f}"
-
-
-def _split_section(name: str, metrics: Mapping[str, Any], classes: list[str]) -> list[str]:
-    lines = [
-        f"### {name} split (n = {metrics['n']})",
-        "",
-        f"- Accuracy {_f(metrics['accuracy'])} (95% CI {_ci(metrics['accuracy_ci95'])})",
-        f"- Macro one-vs-rest ROC AUC {_f(metrics['macro_roc_auc'])} "
-        f"(95% CI {_ci(metrics['macro_roc_auc_ci95'])}, patient-grouped bootstrap)",
-        f"- Expected calibration error (top label, 10 bins, after temperature scaling) "
-        f"{_f(metrics['ece'])}",
-        "",
-        "Labels (accuracy, sensitivity, specificity, confusion matrix) follow the label rule.",
-        "",
-        "| class | n | sensitivity (95% CI) | specificity (95% CI) | ROC AUC (95% CI) |",
-        "|---|---:|---|---|---|",
-    ]
-    for cls in classes:
-        m = metrics["per_class"][cls]
-        lines.append(
-            f"| {cls} | {m['n']} | {_f(m['sensitivity'])} ({_ci(m['sensitivity_ci95'])}) | "
-            f"{_f(m['specificity'])} ({_ci(m['specificity_ci95'])}) | "
-            f"{_f(m['roc_auc'])} ({_ci(m['roc_auc_ci95'])}) |"
-        )
-    lines += [
-        "",
-        "Confusion matrix (rows true, columns predicted, order "
-        f"{', '.join(classes)}): `{metrics['confusion_matrix']}`",
-        "",
-    ]
-    lines += [
-        "Per source (accuracy, and how each true class was labelled):",
-        "",
-        "| source | n | accuracy (95% CI) | macro AUC | predicted labels by true class |",
-        "|---|---:|---|---|---|",
-    ]
-    for source, s in metrics["per_source"].items():
-        rows = "; ".join(
-            f"{true}: " + ", ".join(f"{p} {n}" for p, n in preds.items() if n)
-            for true, preds in s["predicted_by_true_class"].items()
-        )
-        lines.append(
-            f"| {source} | {s['n']} | {_f(s['accuracy'])} ({_ci(s['accuracy_ci95'])}) | "
-            f"{_f(s['macro_roc_auc'])} | {rows} |"
-        )
-    return [*lines, ""]
-
-
-def write_markdown(card: ModelCard, path: Path) -> None:
-    classes = list(card.classes)
-    t = _need(card.training, "training")
-    arch = _need(card.architecture, "architecture")
-    data = _need(card.data, "data")
-    decision = card.decision
-    lines = [
-        f"# Model card: {card.name} {card.version}",
-        "",
-        f"**{card.title}.** Research use only: not for diagnosis or any clinical decision.",
-        "",
-        "## Intended use",
-        "",
-        _need(card.intended_use, "intended_use"),
-        "",
-        "## Model",
-        "",
-        f"- Architecture: {arch.description} ({arch.parameters:,} parameters)",
-        f"- Weights: {arch.weights_provenance}",
-        f"- Classes (output order): {', '.join(classes)}",
-        f"- Input: {card.input.size}x{card.input.size} grey, {card.input.description}",
-        f"- Temperature (fitted on validation): {_f(card.temperature)}",
-        f"- Label rule: {decision.rule}; weights "
-        f"{dict(zip(classes, [round(w, 3) for w in decision.weights], strict=True))}"
-        + (
-            f" (fitted on validation for {decision.target.class_name} sensitivity "
-            f">= {decision.target.sensitivity})"
-            if decision.target is not None
-            else ""
-        ),
-        f"- Grad-CAM layer: `{card.gradcam_layer}`",
-        "",
-        "## Training",
-        "",
-        f"- Command: `{t.command}`",
-        f"- Seed {t.seed}; epochs run {t.epochs_run} (best {t.best_epoch}); "
-        f"batch {t.batch_size}; {t.optimizer} lr {t.learning_rate} "
-        f"({t.learning_rate_schedule})",
-        f"- Class weighting: {t.class_weighting}",
-        f"- Augmentation: `{json.dumps(t.augmentation)}`",
-        f"- Duration: {t.duration_s:.0f} s on {t.machine}",
-        f"- Versions: {', '.join(f'{k} {v}' for k, v in _need(card.versions, 'versions').items())}",
-        "",
-        "## Data",
-        "",
-        f"- `manifest.csv` SHA-256 `{data.manifest_sha256}`",
-        f"- Images per split and class: `{json.dumps(data.split_counts)}`",
-        f"- Training images per source: `{json.dumps(data.train_sources)}`",
-        "",
-        "## Results",
-        "",
-    ]
-    for split, metrics in _need(card.metrics, "metrics").items():
-        lines += _split_section(split, metrics, classes)
-    for title, section in (card.extra_evaluations or {}).items():
-        lines += [
-            f"### {title}",
-            "",
-            section.description,
-            "",
-            f"```json\n{json.dumps(_clean(section.results), indent=1)}\n```",
-            "",
-        ]
-    if card.targets:
-        lines += [
-            "### Quality targets",
-            "",
-            "| split | metric | target | result | |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {target.split} | {target.metric} | >= {target.minimum:.2f} | "
-            f"{_f(target.value)} | {'met' if target.met else '**not met**'} |"
-            for target in card.targets
-        ]
-        lines += [""]
-    lines += ["## Limitations", ""]
-    lines += [f"- {item}" for item in _need(card.limitations, "limitations")]
-    lines += ["", "## Plots", ""]
-    lines += [f"- [{name}]({name})" for name in _need(card.plots, "plots")]
-    path.write_text("\n".join(lines) + "\n")

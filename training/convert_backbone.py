@@ -17,14 +17,21 @@ from typing import Any
 
 import keras
 
+from dicom_node.pipelines.model_store import sha256_file
 from training.efficientnet_lite import (
     build_efficientnet_lite0,
     load_imagenet_weights,
     read_torch_legacy_state_dict,
-    sha256_file,
     weights_provenance,
     wheel_weights_path,
 )
+
+__all__ = [
+    "WEIGHTS_FILE",
+    "convert",
+    "imagenet_backbone",
+    "main",
+]
 
 WEIGHTS_FILE = "efficientnet_lite0_imagenet.weights.h5"
 

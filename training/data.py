@@ -19,6 +19,18 @@ import numpy as np
 
 from dicom_node.pipelines.xray.preprocessing import read_image, to_model_input
 
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "SOURCE_FAMILY",
+    "Record",
+    "load_inputs",
+    "manifest_sha256",
+    "read_manifest",
+    "sample_weights",
+    "select",
+    "split_counts",
+]
+
 DEFAULT_DATA_DIR = Path("../shared/data")
 
 # Sources that are the same underlying collection (the Kaggle pediatric set, resized by different

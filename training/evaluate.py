@@ -16,6 +16,21 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+__all__ = [
+    "Z95",
+    "auc_with_ci",
+    "decide",
+    "evaluate",
+    "expected_calibration_error",
+    "fit_decision_weight",
+    "fit_temperature",
+    "macro_auc",
+    "out_of_set",
+    "per_source",
+    "softmax",
+    "wilson_ci",
+]
+
 Z95 = 1.959963984540054
 
 

@@ -14,6 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_curve
 
+__all__ = [
+    "confusion",
+    "reliability",
+    "roc",
+    "training_curves",
+]
+
 
 def training_curves(history: Mapping[str, Sequence[float]], path: Path, title: str) -> None:
     """Loss and accuracy per epoch for train and validation (as in the original demo)."""

@@ -2,7 +2,8 @@
 
 Kept apart from the data and card code so it can be tested on synthetic numbers.  The fitted
 regressor is folded into one linear map (``weights``, ``bias``) that the node applies with
-numpy (``dicom_node.pipelines.xray.severity``).
+numpy (``dicom_node.pipelines.xray.severity``).  The shipped run's grid and folds come from
+``training/configs/xray_severity.toml``; the defaults here are the same values, for library use.
 """
 
 from __future__ import annotations
@@ -12,6 +13,23 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+__all__ = [
+    "COMPONENTS_GRID",
+    "FOLDS",
+    "Design",
+    "LinearMap",
+    "choose_components",
+    "cv_predictions",
+    "fit",
+    "group_folds",
+    "level_agreement",
+    "mae_ci",
+    "nested_cv",
+    "pearson_ci",
+    "scaled_mae",
+    "score_metrics",
+]
 
 COMPONENTS_GRID = (1, 2, 3, 4, 6)
 FOLDS = 5
@@ -77,13 +95,17 @@ class Design:
 
 
 def cv_predictions(
-    design: Design, components: int, rng: np.random.Generator, index: np.ndarray | None = None
+    design: Design,
+    components: int,
+    rng: np.random.Generator,
+    index: np.ndarray | None = None,
+    folds: int = FOLDS,
 ) -> np.ndarray:
-    """Out-of-fold predictions (len(index), k) by patient-grouped ``FOLDS``-fold CV."""
+    """Out-of-fold predictions (len(index), k) by patient-grouped ``folds``-fold CV."""
     index = np.arange(len(design.y)) if index is None else index
     out = np.zeros((len(index), design.y.shape[1]))
     groups = [design.groups[int(i)] for i in index]
-    for train, test in group_folds(groups, FOLDS, rng):
+    for train, test in group_folds(groups, folds, rng):
         model = fit(*design.rows(index[train]), components)
         out[test] = design.predict(model, index[test])
     return out
@@ -94,16 +116,28 @@ def scaled_mae(pred: np.ndarray, y: np.ndarray, maxima: np.ndarray) -> float:
     return float((np.abs(pred - y) / maxima).mean())
 
 
-def choose_components(design: Design, index: np.ndarray, rng: np.random.Generator) -> int:
+def choose_components(
+    design: Design,
+    index: np.ndarray,
+    rng: np.random.Generator,
+    grid: Sequence[int] = COMPONENTS_GRID,
+    folds: int = FOLDS,
+) -> int:
     """The grid value with the lowest inner-CV range-scaled MAE on ``index``."""
     scores = {
-        c: scaled_mae(cv_predictions(design, c, rng, index), design.y[index], design.maxima)
-        for c in COMPONENTS_GRID
+        c: scaled_mae(cv_predictions(design, c, rng, index, folds), design.y[index], design.maxima)
+        for c in grid
     }
     return min(scores, key=lambda c: scores[c])
 
 
-def nested_cv(design: Design, repeats: int, seed: int) -> tuple[np.ndarray, list[list[int]]]:
+def nested_cv(
+    design: Design,
+    repeats: int,
+    seed: int,
+    grid: Sequence[int] = COMPONENTS_GRID,
+    folds: int = FOLDS,
+) -> tuple[np.ndarray, list[list[int]]]:
     """Outer patient-grouped CV, ``repeats`` times: (repeats, n, k) out-of-fold predictions,
     with the components chosen by an inner grouped CV on each outer training part."""
     rng = np.random.default_rng(seed)
@@ -112,8 +146,8 @@ def nested_cv(design: Design, repeats: int, seed: int) -> tuple[np.ndarray, list
     chosen: list[list[int]] = []
     for r in range(repeats):
         picks = []
-        for train, test in group_folds(design.groups, FOLDS, rng):
-            components = choose_components(design, train, rng)
+        for train, test in group_folds(design.groups, folds, rng):
+            components = choose_components(design, train, rng, grid, folds)
             picks.append(components)
             out[r, test] = design.predict(fit(*design.rows(train), components), test)
         chosen.append(picks)

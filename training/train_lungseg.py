@@ -8,6 +8,8 @@ slices of the train split, blank/constant/noise/gradient and random-shape images
 finds no lungs in what is not a frontal chest radiograph.  The threshold and the epoch are chosen
 on the val masks; the test masks are used once, for the reported Dice.  The ``problem`` rules'
 inputs are measured on train/val radiographs of every source and on negatives for the card.
+The hyper-parameters are in ``training/configs/lung_segmentation.toml`` (``--config``), recorded
+in the card.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -32,33 +34,35 @@ from dicom_node.pipelines.model_card import (
     InputSpec,
     ModelCard,
 )
-from dicom_node.pipelines.model_store import write_checksums
 from dicom_node.pipelines.xray import lung_fields
 from dicom_node.pipelines.xray.lung_fields import MODEL_NAME, segmentation_input
 from dicom_node.pipelines.xray.preprocessing import read_image, resize_square, robust_stretch
+from training import card, config
+from training.config import LungSegConfig
 from training.data import DEFAULT_DATA_DIR, Record, manifest_sha256, read_manifest, split_counts
-from training.lungseg_card import write_card
-from training.trainer import _log, _machine, _versions, command_line
+from training.provenance import command_line, log, machine, versions
 
-SIZE = 128
-CACHE_SIZE = 2 * SIZE  # images are kept at twice the input size and warped down from there
-SEED = 42
+__all__ = [
+    "MASKS",
+    "MASK_LICENCE",
+    "build_card",
+    "build_unet",
+    "choose_threshold",
+    "dice",
+    "load_masked",
+    "main",
+    "measure_rules",
+    "synthetic_negative",
+]
+
 MASKS = Path("annotations/lung_masks")
 MASK_LICENCE = "CC BY-NC-SA 4.0 (the ieee fork's 'other documents', per the data README)"
-THRESHOLDS = np.round(np.arange(0.3, 0.71, 0.05), 2)
-SOURCES_MEASURED = ("ieee", "nih", "mhh", "kaggle224", "kaggle640", "kaggleval")
 
-
-@dataclass(frozen=True)
-class Config:
-    epochs: int = 36
-    steps_per_epoch: int = 32
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    positive_fraction: float = 0.7  # of each batch; the rest CT slices and synthetic images
-    ct_fraction: float = 0.2
-    filters: tuple[int, ...] = (8, 16, 32, 64, 96)
-    per_source_measured: int = 40
+# scikit-image is not annotated: its four functions used here, typed by hand.
+_AffineTransform = cast(Callable[..., Any], transform.AffineTransform)
+_warp = cast(Callable[..., np.ndarray], transform.warp)
+_ellipse = cast(Callable[..., tuple[np.ndarray, np.ndarray]], draw.ellipse)
+_polygon = cast(Callable[..., tuple[np.ndarray, np.ndarray]], draw.polygon)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -83,48 +87,55 @@ def load_masked(data_dir: Path, records: Sequence[Record], split: str) -> list[M
     return items
 
 
-def cache_square(display: np.ndarray) -> np.ndarray:
-    return np.array(resize_square(display, CACHE_SIZE))  # writable, for skimage
+def cache_size(size: int) -> int:
+    """Images are kept at twice the input size and warped down from there."""
+    return 2 * size
+
+
+def cache_square(display: np.ndarray, size: int) -> np.ndarray:
+    return np.array(resize_square(display, cache_size(size)))  # writable, for skimage
 
 
 # -- augmentation (numpy/skimage, seeded per sample) ----------------------------------------
 
 
-def random_affine(rng: np.random.Generator) -> transform.AffineTransform:
+def random_affine(rng: np.random.Generator, size: int) -> transform.AffineTransform:
     """Rotation, zoom, aspect change, shift and flip, about the image centre (output pixels)."""
     zoom = rng.uniform(0.75, 1.25)
     aspect = np.exp(rng.uniform(-0.2, 0.2))
     flip = -1.0 if rng.random() < 0.5 else 1.0
-    centre = np.array([SIZE / 2, SIZE / 2])
-    shift = rng.uniform(-0.1, 0.1, size=2) * SIZE
-    to_centre = transform.AffineTransform(translation=-centre)
-    shape = transform.AffineTransform(
+    centre = np.array([size / 2, size / 2])
+    shift = rng.uniform(-0.1, 0.1, size=2) * size
+    to_centre = _AffineTransform(translation=-centre)
+    shape = _AffineTransform(
         scale=(flip * zoom * aspect, zoom / aspect), rotation=np.deg2rad(rng.uniform(-15, 15))
     )
-    back = transform.AffineTransform(translation=centre + shift)
-    return to_centre + shape + back
+    back = _AffineTransform(translation=centre + shift)
+    return cast(transform.AffineTransform, to_centre + shape + back)
 
 
-def warp(image: np.ndarray, tf_out: transform.AffineTransform, cval: float) -> np.ndarray:
-    """``image`` (CACHE_SIZE square) warped to the SIZE square input by ``tf_out``."""
-    down = transform.AffineTransform(scale=SIZE / image.shape[0])
-    return transform.warp(
-        image, (down + tf_out).inverse, output_shape=(SIZE, SIZE), order=1, cval=cval
-    ).astype(np.float32)
+def warp(
+    image: np.ndarray, tf_out: transform.AffineTransform, cval: float, size: int
+) -> np.ndarray:
+    """``image`` (a cache square) warped to the ``size`` square input by ``tf_out``."""
+    down = _AffineTransform(scale=size / image.shape[0])
+    warped = _warp(image, (down + tf_out).inverse, output_shape=(size, size), order=1, cval=cval)
+    return warped.astype(np.float32)
 
 
 def photometric(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gamma, blur, down-up sampling and rectangles (labels, markers) before the stretch."""
+    size = image.shape[0]
     image = np.clip(image, 0.0, 1.0) ** np.exp(rng.uniform(-0.5, 0.5))
     if rng.random() < 0.3:
         image = ndimage.gaussian_filter(image, rng.uniform(0.5, 1.5))
     if rng.random() < 0.3:
         factor = rng.uniform(1.5, 4.0)
-        small = resize_square(image, max(8, int(SIZE / factor)))
-        image = resize_square(small, SIZE).copy()  # PIL arrays are read-only
+        small = resize_square(image, max(8, int(size / factor)))
+        image = resize_square(small, size).copy()  # PIL arrays are read-only
     for _ in range(rng.integers(0, 4)):
-        h, w = rng.integers(3, SIZE // 6, size=2)
-        r, c = rng.integers(0, SIZE - h), rng.integers(0, SIZE - w)
+        h, w = rng.integers(3, size // 6, size=2)
+        r, c = rng.integers(0, size - h), rng.integers(0, size - w)
         image[r : r + h, c : c + w] = rng.uniform(0, 1)
     return image
 
@@ -138,38 +149,42 @@ def finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[Any, Any]:
-    affine = random_affine(rng)
+def augment(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, size: int
+) -> tuple[Any, Any]:
+    affine = random_affine(rng, size)
     cval = float(rng.choice([0.0, 1.0, image.mean()]))
-    warped = warp(image, affine, cval)
-    target = warp(mask.astype(np.float32), affine, 0.0) >= 0.5
+    warped = warp(image, affine, cval, size)
+    target = warp(mask.astype(np.float32), affine, 0.0, size) >= 0.5
     return finish(photometric(warped, rng), rng), target
 
 
-def synthetic_negative(rng: np.random.Generator) -> np.ndarray:
-    """Blank, constant, noise, gradient, smooth-noise or random-shape image (no lungs)."""
+def synthetic_negative(rng: np.random.Generator, side: int) -> np.ndarray:
+    """Blank, constant, noise, gradient, smooth-noise or random-shape image (no lungs), of a
+    cache square's ``side``."""
     kind = rng.integers(0, 6)
-    rows, cols = np.mgrid[0:CACHE_SIZE, 0:CACHE_SIZE] / CACHE_SIZE
+    grid: np.ndarray = np.mgrid[0:side, 0:side] / side
+    rows, cols = grid
     if kind == 0:
-        return np.full((CACHE_SIZE, CACHE_SIZE), rng.uniform(0, 1), np.float32)
+        return np.full((side, side), rng.uniform(0, 1), np.float32)
     if kind == 1:
-        return rng.uniform(0, 1, (CACHE_SIZE, CACHE_SIZE)).astype(np.float32)
+        return rng.uniform(0, 1, (side, side)).astype(np.float32)
     if kind == 2:
         angle = rng.uniform(0, 2 * np.pi)
-        return (np.cos(angle) * rows + np.sin(angle) * cols).astype(np.float32)
+        return np.asarray(np.cos(angle) * rows + np.sin(angle) * cols, np.float32)
     if kind == 3:
         radius = np.hypot(rows - rng.uniform(0, 1), cols - rng.uniform(0, 1))
-        return radius.astype(np.float32)
+        return np.asarray(radius, np.float32)
     if kind == 4:
-        noise = rng.normal(0, 1, (CACHE_SIZE, CACHE_SIZE))
-        return ndimage.gaussian_filter(noise, rng.uniform(3, 20)).astype(np.float32)
-    image = np.full((CACHE_SIZE, CACHE_SIZE), rng.uniform(0, 1), np.float32)
+        noise = rng.normal(0, 1, (side, side))
+        return np.asarray(ndimage.gaussian_filter(noise, rng.uniform(3, 20)), np.float32)
+    image = np.full((side, side), rng.uniform(0, 1), np.float32)
     for _ in range(rng.integers(1, 8)):
         if rng.random() < 0.5:
-            r, c = rng.uniform(0, CACHE_SIZE, 2)
-            rr, cc = draw.ellipse(r, c, *rng.uniform(5, CACHE_SIZE / 3, 2), image.shape)
+            r, c = rng.uniform(0, side, 2)
+            rr, cc = _ellipse(r, c, *rng.uniform(5, side / 3, 2), image.shape)
         else:
-            rr, cc = draw.polygon(*rng.uniform(0, CACHE_SIZE, (2, rng.integers(3, 8))), image.shape)
+            rr, cc = _polygon(*rng.uniform(0, side, (2, rng.integers(3, 8))), image.shape)
         image[rr, cc] = rng.uniform(0, 1)
     return image
 
@@ -177,7 +192,7 @@ def synthetic_negative(rng: np.random.Generator) -> np.ndarray:
 class Batches:
     """A keras PyDataset of augmented batches; batch ``i`` of epoch ``e`` is seeded by (e, i)."""
 
-    def __init__(self, positives: Any, masks: Any, ct: Any, cfg: Config) -> None:
+    def __init__(self, positives: Any, masks: Any, ct: Any, cfg: LungSegConfig) -> None:
         import keras
 
         class _Data(keras.utils.PyDataset):  # type: ignore[misc]
@@ -195,18 +210,20 @@ class Batches:
         self.dataset = _Data()
 
     def batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng([SEED, self.epoch, index])
+        cfg = self.cfg
+        size, side = cfg.input_size, cache_size(cfg.input_size)
+        rng = np.random.default_rng([cfg.seed, self.epoch, index])
         xs, ys = [], []
-        empty = np.zeros((CACHE_SIZE, CACHE_SIZE), bool)
-        for _ in range(self.cfg.batch_size):
+        empty = np.zeros((side, side), bool)
+        for _ in range(cfg.batch_size):
             draw_kind = rng.random()
-            if draw_kind < self.cfg.positive_fraction:
+            if draw_kind < cfg.positive_fraction:
                 i = rng.integers(len(self.positives))
-                x, y = augment(self.positives[i], self.masks[i], rng)
-            elif draw_kind < self.cfg.positive_fraction + self.cfg.ct_fraction:
-                x, y = augment(self.ct[rng.integers(len(self.ct))], empty, rng)
+                x, y = augment(self.positives[i], self.masks[i], rng, size)
+            elif draw_kind < cfg.positive_fraction + cfg.ct_fraction:
+                x, y = augment(self.ct[rng.integers(len(self.ct))], empty, rng, size)
             else:
-                x, y = augment(synthetic_negative(rng), empty, rng)
+                x, y = augment(synthetic_negative(rng, side), empty, rng, size)
             xs.append(x)
             ys.append(y)
         return np.stack(xs)[..., None], np.stack(ys)[..., None].astype(np.float32)
@@ -215,7 +232,7 @@ class Batches:
 # -- model -----------------------------------------------------------------------------------
 
 
-def build_unet(filters: Sequence[int]) -> Any:
+def build_unet(filters: Sequence[int], size: int) -> Any:
     """U-Net: conv-BN-ReLU pairs, max-pool down, bilinear up + skip concatenation."""
     import keras
     from keras import layers
@@ -227,7 +244,7 @@ def build_unet(filters: Sequence[int]) -> Any:
             x = layers.ReLU(name=f"{name}_relu{k}")(x)
         return x
 
-    inputs = keras.Input((SIZE, SIZE, 1), name="image")
+    inputs = keras.Input((size, size, 1), name="image")
     x, skips = inputs, []
     for level, n in enumerate(filters[:-1]):
         x = block(x, n, f"down{level}")
@@ -272,7 +289,8 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 
 
 def predict(model: Any, displays: Sequence[np.ndarray]) -> np.ndarray:
-    batch = np.stack([segmentation_input(d, SIZE) for d in displays])
+    size = int(model.inputs[0].shape[1])
+    batch = np.stack([segmentation_input(d, size) for d in displays])
     return np.asarray(model.predict(batch, batch_size=16, verbose=0))[..., 0]
 
 
@@ -284,9 +302,11 @@ def source_dice(probs: np.ndarray, items: Sequence[MaskedImage], threshold: floa
     ]
 
 
-def choose_threshold(probs: np.ndarray, items: Sequence[MaskedImage]) -> float:
-    scores = [float(np.mean(source_dice(probs, items, float(t)))) for t in THRESHOLDS]
-    return float(THRESHOLDS[int(np.argmax(scores))])
+def choose_threshold(
+    probs: np.ndarray, items: Sequence[MaskedImage], thresholds: Sequence[float]
+) -> float:
+    scores = [float(np.mean(source_dice(probs, items, float(t)))) for t in thresholds]
+    return float(thresholds[int(np.argmax(scores))])
 
 
 class ValDice:
@@ -327,20 +347,22 @@ def quality_features(fields: lung_fields.LungFields) -> dict[str, Any]:
 
 
 def measure_rules(
-    model: Any, data_dir: Path, records: Sequence[Record], threshold: float, cfg: Config
+    model: Any, data_dir: Path, records: Sequence[Record], threshold: float, cfg: LungSegConfig
 ) -> dict[str, Any]:
     """Quality features and pass rate on train/val radiographs per source and on negatives."""
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(cfg.seed)
+    negatives = cfg.negatives_measured
     groups: dict[str, list[np.ndarray]] = {}
-    for source in SOURCES_MEASURED:
+    for source in cfg.sources_measured:
         chosen = [r for r in records if r.source == source and r.split in ("train", "val")]
         chosen = [chosen[i] for i in rng.permutation(len(chosen))[: cfg.per_source_measured]]
         groups[f"xray_{source}"] = [read_image(data_dir / r.path).display for r in chosen]
     ct = [r for r in records if r.modality == "ct" and r.split == "val"]
     groups["negative_ct_val"] = [
-        read_image(data_dir / ct[i].path).display for i in rng.permutation(len(ct))[:40]
+        read_image(data_dir / ct[i].path).display for i in rng.permutation(len(ct))[:negatives]
     ]
-    groups["negative_synthetic"] = [synthetic_negative(rng) for _ in range(40)]
+    side = cache_size(cfg.input_size)
+    groups["negative_synthetic"] = [synthetic_negative(rng, side) for _ in range(negatives)]
     return {name: _group_stats(model, d, threshold) for name, d in groups.items()}
 
 
@@ -403,6 +425,7 @@ def build_card(
     command: str,
     training: dict[str, Any],
 ) -> ModelCard:
+    size = int(model.inputs[0].shape[1])
     return ModelCard(
         name=MODEL_NAME,
         version=out.name,
@@ -411,10 +434,10 @@ def build_card(
         research_use_only=True,
         classes=("lung",),
         input=InputSpec(
-            size=SIZE,
+            size=size,
             function="dicom_node.pipelines.xray.lung_fields.segmentation_input",
             description=(
-                f"display image squashed to {SIZE}x{SIZE}, robust 1-99 percentile stretch of the "
+                f"display image squashed to {size}x{size}, robust 1-99 percentile stretch of the "
                 "central region (dicom_node.pipelines.xray.preprocessing.to_model_input); "
                 "output: sigmoid lung probability per pixel"
             ),
@@ -436,7 +459,7 @@ def build_card(
             ),
         ),
         data=data,
-        versions=_versions(),
+        versions=versions(),
         metrics={**metrics, "training": {**training, "command": command}},
         intended_use=(
             "Research use: lung fields of frontal (PA/AP) chest radiographs for display, "
@@ -454,7 +477,7 @@ def build_card(
             "effusion may still be cut from the predicted fields.",
             "Lateral views, CT and photographs are rejected by the problem rules, not by a "
             "trained classifier; unusual images may pass or fail wrongly.",
-            f"Input {SIZE}x{SIZE}: outlines are smooth at the source scale; fine detail "
+            f"Input {size}x{size}: outlines are smooth at the source scale; fine detail "
             "(costophrenic angles) is approximate.",
             f"Mask licence: {MASK_LICENCE}; research and non-commercial use only.",
         ),
@@ -477,30 +500,33 @@ def data_info(data_dir: Path, records: Sequence[Record], counts: dict[str, int])
     )
 
 
-def fit(cfg: Config, train: Sequence[MaskedImage], val: Sequence[MaskedImage], ct: Any) -> Any:
+def fit(
+    cfg: LungSegConfig, train: Sequence[MaskedImage], val: Sequence[MaskedImage], ct: Any
+) -> Any:
     import keras
 
-    model = build_unet(cfg.filters)
+    size, side = cfg.input_size, cache_size(cfg.input_size)
+    model = build_unet(cfg.filters, size)
     steps = cfg.epochs * cfg.steps_per_epoch
     schedule = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps, alpha=0.02)
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bce_dice_loss)
     batches = Batches(
-        [cache_square(m.display) for m in train],
-        [resize_square(m.mask.astype(np.float32), CACHE_SIZE) >= 0.5 for m in train],
+        [cache_square(m.display, size) for m in train],
+        [resize_square(m.mask.astype(np.float32), side) >= 0.5 for m in train],
         ct,
         cfg,
     )
-    val_inputs = np.stack([segmentation_input(m.display, SIZE) for m in val])
-    val_masks = np.stack([resize_square(m.mask.astype(np.float32), SIZE) >= 0.5 for m in val])
+    val_inputs = np.stack([segmentation_input(m.display, size) for m in val])
+    val_masks = np.stack([resize_square(m.mask.astype(np.float32), size) >= 0.5 for m in val])
     val_dice = ValDice(val_inputs, val_masks)
     model.fit(batches.dataset, epochs=cfg.epochs, callbacks=[val_dice.callback], verbose=2)
     model.set_weights(val_dice.best_weights)
     return model, val_dice
 
 
-def save_for_inference(model: Any, cfg: Config, path: Path) -> None:
+def save_for_inference(model: Any, cfg: LungSegConfig, path: Path) -> None:
     """Save an uncompiled copy: a compiled model would also store Adam's moments (3x the size)."""
-    clean = build_unet(cfg.filters)
+    clean = build_unet(cfg.filters, cfg.input_size)
     clean.set_weights(model.get_weights())
     clean.save(path)
 
@@ -511,30 +537,31 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--epochs", type=int, default=Config.epochs)
+    config.add_argument(parser, MODEL_NAME)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the config's")
     args = parser.parse_args(argv)
-    cfg = Config(epochs=args.epochs)
+    cfg = config.override(config.load(LungSegConfig, args.config), epochs=args.epochs)
 
     import keras
 
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(cfg.seed)
     # op determinism is left off: it doubles the CPU step time; seeds fix data and init
     records = read_manifest(args.data)
     train, val, test = (load_masked(args.data, records, s) for s in ("train", "val", "test"))
     ct_records = [r for r in records if r.modality == "ct" and r.split == "train"]
-    ct = [cache_square(read_image(args.data / r.path).display) for r in ct_records]
-    _log(f"masks train/val/test {len(train)}/{len(val)}/{len(test)}, CT negatives {len(ct)}")
+    ct = [cache_square(read_image(args.data / r.path).display, cfg.input_size) for r in ct_records]
+    log(f"masks train/val/test {len(train)}/{len(val)}/{len(test)}, CT negatives {len(ct)}")
 
     (model, val_dice), duration = timed(lambda: fit(cfg, train, val, ct))
-    _log(f"trained in {duration:.0f} s, best val Dice (input scale) {val_dice.best:.4f}")
+    log(f"trained in {duration:.0f} s, best val Dice (input scale) {val_dice.best:.4f}")
     val_probs = predict(model, [m.display for m in val])
-    threshold = choose_threshold(val_probs, val)
+    threshold = choose_threshold(val_probs, val, cfg.thresholds)
     test_probs = predict(model, [m.display for m in test])
     metrics: dict[str, Any] = {
-        "threshold": {"value": threshold, "chosen_on": "val", "candidates": THRESHOLDS.tolist()},
+        "threshold": {"value": threshold, "chosen_on": "val", "candidates": list(cfg.thresholds)},
         "val": {"dice": summary(source_dice(val_probs, val, threshold))},
         "test": {"dice": summary(source_dice(test_probs, test, threshold))},
         "problem_rules": {
@@ -542,13 +569,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             "measured": measure_rules(model, args.data, records, threshold, cfg),
         },
     }
-    _log(f"threshold {threshold}; val {metrics['val']}; test {metrics['test']}")
+    log(f"threshold {threshold}; val {metrics['val']}; test {metrics['test']}")
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     save_for_inference(model, cfg, out / "model.keras")
     training = {
-        "seed": SEED,
+        "seed": cfg.seed,
         "epochs": cfg.epochs,
         "best_epoch": val_dice.best_epoch,
         "steps_per_epoch": cfg.steps_per_epoch,
@@ -568,16 +595,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "0-3 random rectangles, contrast/brightness jitter, Gaussian noise",
         "val_dice_per_epoch": [round(v, 4) for v in val_dice.history],
         "duration_s": round(duration, 1),
-        "machine": _machine(),
+        "machine": machine(),
+        "config": config.record(args.config, cfg),
     }
     counts = {"train": len(train), "val": len(val), "test": len(test), "ct_train": len(ct)}
     info = data_info(args.data, records, counts)
-    card = build_card(out, model, metrics, info, command_line(__spec__.name, argv), training)
-    write_card(card, out)
+    command = command_line("training.train_lungseg", argv)
+    built = build_card(out, model, metrics, info, command, training)
+    card.write(built, out, ("model.keras", "model_card.json"))
     title = "test masks: lungVAE (green), model (red)"
     contact_sheet(model, test, threshold, out / "predictions.png", title)
-    write_checksums(out, ("model.keras", "model_card.json"))
-    _log(f"wrote {out}")
+    log(f"wrote {out}")
 
 
 def _rule_limits() -> dict[str, float]:

@@ -7,16 +7,17 @@
    away from the lungs).  Images whose lungs are not found are "not analysable", as in the node.
 2. ImageNet EfficientNet-Lite0 (converted from the Apache-2.0 PyPI wheel by
    ``training.convert_backbone``), frozen: pooled ``top_activation`` features of the
-   unaugmented and ``--views - 1`` augmented views of each image.
+   unaugmented and ``views - 1`` augmented views of each image.
 3. The head (logistic regression, class- and source-balanced) is chosen by
    leave-one-source-out validation on train+val: the regularisation with the best pooled
    out-of-source COVID-19-vs-normal ROC AUC, and the COVID-19 triage weight that reaches
-   ``--covid-sensitivity`` on the out-of-source COVID-19 images.  The final head is fitted on
+   ``covid_sensitivity`` on the out-of-source COVID-19 images.  The final head is fitted on
    the train split; its temperature on val; test is evaluated once.
 4. Written next to the weights: the feature statistics of the out-of-distribution check
    (``ood.npz``), the card (LOSO table, shortcut probe, Grad-CAM heat inside the lungs), plots.
 
-See ``training/README.md`` for the choices.
+The hyper-parameters are in ``training/configs/xray_classifier.toml`` (``--config``), recorded
+in the card.  See ``training/README.md`` for the choices.
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dicom_node.domain import XRAY_CLASSES
+from training import config
+from training.config import XrayConfig
 from training.data import DEFAULT_DATA_DIR, Record, read_manifest
 from training.evaluate import decide, evaluate, fit_temperature, softmax
+from training.provenance import Run, command_line
+from training.xray_artefact import write_artefact
 from training.xray_head import (
+    Fitted,
     Head,
+    Selection,
     covid_vs_normal_auc,
     covid_weight_for,
     fit_views,
@@ -50,8 +55,7 @@ from training.xray_head import (
 from training.xray_prep import (
     CACHE_DIR,
     FEATURE_LAYER,
-    INPUT_SIZE,
-    Prepared,
+    Dataset,
     cache_key,
     feature_extractor,
     lung_feature_model,
@@ -59,49 +63,23 @@ from training.xray_prep import (
     prepare,
 )
 
+__all__ = [
+    "NAME",
+    "build_keras_model",
+    "evaluate_split",
+    "fit_final",
+    "heat_in_lungs",
+    "load_dataset",
+    "loso_report",
+    "main",
+    "not_analysable_by_source",
+    "ood_report",
+    "out_of_set_rates",
+    "select_head",
+    "within_source_auc",
+]
+
 NAME = "xray_classifier"
-OUT_OF_SET = ("pneumonia_nos", "pneumonia_vir")
-C_GRID = (0.0003, 0.001, 0.003)
-SOURCE_BALANCE_GRID = (0.0, 0.5)
-OOD_QUANTILE = 0.995  # of validation radiographs' distances: the not-analysable threshold
-
-
-@dataclass(frozen=True)
-class Options:
-    data_dir: Path
-    out_dir: Path
-    version: str
-    views: int
-    covid_sensitivity: float
-    limit_per_class: int | None
-    seed: int
-    command: str
-
-
-@dataclass
-class Dataset:
-    """All X-ray records with their prepared inputs and features (view 0 = unaugmented)."""
-
-    records: list[Record]
-    prepared: Prepared
-    features: np.ndarray  # (n, views, d)
-
-    def rows(self, split: str | None = None, classes: Sequence[str] = XRAY_CLASSES) -> np.ndarray:
-        ok = np.array([f.problem is None for f in self.prepared.fields])
-        labels = np.array([r.label in classes for r in self.records])
-        splits = np.array([split is None or r.split == split for r in self.records])
-        out: np.ndarray = ok & labels & splits
-        return out
-
-    @property
-    def y(self) -> np.ndarray:
-        return np.array(
-            [XRAY_CLASSES.index(r.label) if r.label in XRAY_CLASSES else -1 for r in self.records]
-        )
-
-    @property
-    def families(self) -> list[str]:
-        return [r.family for r in self.records]
 
 
 def _limit(records: list[Record], limit: int | None) -> list[Record]:
@@ -117,19 +95,26 @@ def _limit(records: list[Record], limit: int | None) -> list[Record]:
     return kept
 
 
-def load_dataset(opts: Options) -> Dataset:
+def load_dataset(run: Run, cfg: XrayConfig, limit_per_class: int | None) -> Dataset:
     from dicom_node.pipelines.xray.lung_fields import LungSegmenter
     from training.convert_backbone import imagenet_backbone
 
-    records = [r for r in read_manifest(opts.data_dir) if r.modality == "xray"]
-    records = _limit(records, opts.limit_per_class)
+    records = [r for r in read_manifest(run.data_dir) if r.modality == "xray"]
+    records = _limit(records, limit_per_class)
     views_for = [
-        opts.views if r.label in XRAY_CLASSES and r.split in ("train", "val") else 1
-        for r in records
+        cfg.views if r.label in XRAY_CLASSES and r.split in ("train", "val") else 1 for r in records
     ]
     segmenter = LungSegmenter.load()
     started = time.time()
-    prepared = prepare(records, opts.data_dir, segmenter, views_for, seed=opts.seed)
+    prepared = prepare(
+        records,
+        run.data_dir,
+        segmenter,
+        views_for,
+        size=cfg.input_size,
+        seed=cfg.seed,
+        aug=cfg.augment,
+    )
     print(f"prepared {len(records)} images in {time.time() - started:.0f} s", flush=True)
     # Keyed by the inputs themselves: a new segmentation model or preprocessing misses the cache.
     digest = hashlib.sha256(prepared.inputs.tobytes())
@@ -139,7 +124,8 @@ def load_dataset(opts: Options) -> Dataset:
     if cache.is_file():
         features = np.load(cache)["features"]
     else:
-        model = lung_feature_model(imagenet_backbone((INPUT_SIZE, INPUT_SIZE, 1)))
+        size = cfg.input_size
+        model = lung_feature_model(imagenet_backbone((size, size, 1)))
         extract = feature_extractor(model)
         started = time.time()
         features = pooled_features(extract, prepared, views_for)
@@ -152,22 +138,13 @@ def load_dataset(opts: Options) -> Dataset:
     return Dataset(records, prepared, features)
 
 
-@dataclass
-class Selection:
-    c: float
-    source_balance: float
-    grid: list[dict[str, Any]]
-    loso_logits: np.ndarray  # for the dev rows (train+val, analysable, 3 classes)
-    loso_extra_logits: np.ndarray | None  # out-of-set classes of the dev splits
-
-
-def select_head(data: Dataset) -> Selection:
+def select_head(data: Dataset, cfg: XrayConfig) -> Selection:
     dev = data.rows("train") | data.rows("val")
-    extra = (data.rows("train", OUT_OF_SET) | data.rows("val", OUT_OF_SET)) & ~dev
+    extra = (data.rows("train", cfg.out_of_set) | data.rows("val", cfg.out_of_set)) & ~dev
     y, fam = data.y, np.asarray(data.families)
     grid, best = [], None
-    for source_balance in SOURCE_BALANCE_GRID:
-        for c in C_GRID:
+    for source_balance in cfg.source_balance_grid:
+        for c in cfg.c_grid:
             logits, extra_logits = leave_one_source_out(
                 data.features[dev],
                 y[dev],
@@ -221,13 +198,6 @@ def _macro_auc(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(aucs))
 
 
-@dataclass
-class Fitted:
-    head: Head
-    temperature: float
-    weights: np.ndarray  # the label rule's per-class weights
-
-
 def fit_final(data: Dataset, sel: Selection, covid_sensitivity: float) -> Fitted:
     """The head on the train split; temperature and the COVID-19 triage weight on val."""
     y, fam = data.y, data.families
@@ -241,14 +211,14 @@ def fit_final(data: Dataset, sel: Selection, covid_sensitivity: float) -> Fitted
     return Fitted(head, temperature, weights)
 
 
-def build_keras_model(head: Head) -> Any:
+def build_keras_model(head: Head, size: int) -> Any:
     """The lung feature model + the head's Dense ``logits`` + softmax (Grad-CAM reaches
     ``lung_features`` by name)."""
     import keras
 
     from training.convert_backbone import imagenet_backbone
 
-    features = lung_feature_model(imagenet_backbone((INPUT_SIZE, INPUT_SIZE, 1)))
+    features = lung_feature_model(imagenet_backbone((size, size, 1)))
     logits = keras.layers.Dense(len(XRAY_CLASSES), name="logits")(features.output)
     probs = keras.layers.Softmax(name="probabilities")(logits)
     model = keras.Model(features.inputs, probs, name="efficientnet_lite0_lungs")
@@ -266,6 +236,7 @@ def heat_in_lungs(model: Any, data: Dataset, rows: np.ndarray, temperature: floa
 
     cam = GradCam(model, layer_name=FEATURE_LAYER, logits_layer="logits", temperature=temperature)
     idx = np.flatnonzero(rows)
+    size = data.prepared.size
     out = np.zeros(len(idx))
     for start in range(0, len(idx), 16):
         part = idx[start : start + 16]
@@ -273,7 +244,7 @@ def heat_in_lungs(model: Any, data: Dataset, rows: np.ndarray, temperature: floa
         for j, i in enumerate(part):
             heat = np.asarray(
                 Image.fromarray(cams[j].astype(np.float32), mode="F").resize(
-                    (INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR
+                    (size, size), Image.Resampling.BILINEAR
                 )
             ).clip(0.0, None)
             total = float(heat.sum())
@@ -320,9 +291,11 @@ def not_analysable_by_source(data: Dataset) -> dict[str, Any]:
     return dict(sorted(table.items()))
 
 
-def out_of_set_rates(data: Dataset, fitted: Fitted, split: str) -> dict[str, Any]:
+def out_of_set_rates(
+    data: Dataset, fitted: Fitted, split: str, out_of_set: tuple[str, ...]
+) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    for label in OUT_OF_SET:
+    for label in out_of_set:
         rows = data.rows(split, (label,))
         if not rows.any():
             continue
@@ -338,7 +311,9 @@ def out_of_set_rates(data: Dataset, fitted: Fitted, split: str) -> dict[str, Any
     return result
 
 
-def loso_report(data: Dataset, sel: Selection, fitted: Fitted) -> dict[str, Any]:
+def loso_report(
+    data: Dataset, sel: Selection, fitted: Fitted, out_of_set: tuple[str, ...]
+) -> dict[str, Any]:
     dev = data.rows("train") | data.rows("val")
     y, fam = data.y[dev], np.asarray(data.families)[dev]
     probs = softmax(sel.loso_logits / fitted.temperature)
@@ -361,31 +336,34 @@ def loso_report(data: Dataset, sel: Selection, fitted: Fitted) -> dict[str, Any]
     normal = y == XRAY_CLASSES.index("normal")
     report["pooled_normals_not_labelled_covid"] = float((pred[normal] != k).mean())
     if sel.loso_extra_logits is not None:
-        extra_rows = (data.rows("train", OUT_OF_SET) | data.rows("val", OUT_OF_SET)) & ~(
+        extra_rows = (data.rows("train", out_of_set) | data.rows("val", out_of_set)) & ~(
             data.rows("train") | data.rows("val")
         )
         labels = np.array([r.label for r in data.records])[extra_rows]
         extra_pred = decide(softmax(sel.loso_extra_logits / fitted.temperature), fitted.weights)
-        for label in OUT_OF_SET:
+        for label in out_of_set:
             m = labels == label
             if m.any():
                 report[f"{label}_not_labelled_covid"] = float((extra_pred[m] != k).mean())
     return report
 
 
-def ood_report(data: Dataset) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:
+def ood_report(
+    data: Dataset, cfg: XrayConfig
+) -> tuple[dict[str, np.ndarray], float, dict[str, Any]]:
     everything = tuple(sorted({r.label for r in data.records}))
     train = data.rows("train", everything)
-    stats = ood_statistics(data.features[train, 0])
+    stats = ood_statistics(data.features[train, 0], k=cfg.ood_components)
     val = data.rows("val", everything)
     distances = ood_distance(data.features[val, 0], stats)
-    threshold = float(np.quantile(distances, OOD_QUANTILE)) * 1.1
+    threshold = float(np.quantile(distances, cfg.ood_quantile)) * cfg.ood_margin
     test = data.rows("test", everything)
     test_d = ood_distance(data.features[test, 0], stats)
     report = {
         "components": int(stats["components"].shape[1]),
         "threshold": threshold,
-        "rule": f"1.1 x the {OOD_QUANTILE} quantile of validation radiographs' distances",
+        "rule": f"{cfg.ood_margin} x the {cfg.ood_quantile} quantile of validation "
+        "radiographs' distances",
         "val_median": float(np.median(distances)),
         "test_median": float(np.median(test_d)),
         "test_above_threshold": float((test_d > threshold).mean()),
@@ -393,55 +371,62 @@ def ood_report(data: Dataset) -> tuple[dict[str, np.ndarray], float, dict[str, A
     return stats, threshold, report
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.trainer import command_line
-    from training.xray_card import write_artefact
-
+def parse_args(argv: list[str] | None) -> tuple[Run, XrayConfig, int | None]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--version", default="2.0.0")
+    config.add_argument(parser, NAME)
     parser.add_argument(
-        "--views", type=int, default=3, help="views per train/val image (1 = no augmentation)"
+        "--views", type=int, default=None, help="views per train/val image (1 = no augmentation)"
     )
     parser.add_argument(
         "--covid-sensitivity",
         type=float,
-        default=0.90,
+        default=None,
         help="validation COVID-19 sensitivity the triage weight is fitted to",
     )
     parser.add_argument(
         "--limit-per-class", type=int, default=None, help="per split, class and source (quick runs)"
     )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
-    out = args.out or Path("runs") / NAME / time.strftime("%Y%m%dT%H%M%S")
-    opts = Options(
-        data_dir=args.data,
-        out_dir=out,
-        version=args.version,
+    cfg = config.override(
+        config.load(XrayConfig, args.config),
         views=args.views,
         covid_sensitivity=args.covid_sensitivity,
-        limit_per_class=args.limit_per_class,
         seed=args.seed,
-        command=command_line("training.train_xray", argv),
     )
+    run = Run(
+        version=args.version,
+        data_dir=args.data,
+        out_dir=args.out or Path("runs") / NAME / time.strftime("%Y%m%dT%H%M%S"),
+        command=command_line("training.train_xray", argv),
+        config=args.config,
+    )
+    return run, cfg, args.limit_per_class
+
+
+def main(argv: list[str] | None = None) -> int:
+    run, cfg, limit_per_class = parse_args(argv)
     started = time.time()
-    data = load_dataset(opts)
-    sel = select_head(data)
-    fitted = fit_final(data, sel, opts.covid_sensitivity)
-    model = build_keras_model(fitted.head)
+    data = load_dataset(run, cfg, limit_per_class)
+    sel = select_head(data, cfg)
+    fitted = fit_final(data, sel, cfg.covid_sensitivity)
+    model = build_keras_model(fitted.head, cfg.input_size)
     results: dict[str, Any] = {"metrics": {}, "probs": {}}
     for split in ("val", "test"):
         metrics, probs, rows = evaluate_split(data, fitted, split)
         metrics["heat_in_lungs"] = heat_in_lungs(model, data, rows, fitted.temperature)
         results["metrics"][split] = metrics
         results["probs"][split] = (probs, rows)
-        results.setdefault("out_of_set", {})[split] = out_of_set_rates(data, fitted, split)
+        results.setdefault("out_of_set", {})[split] = out_of_set_rates(
+            data, fitted, split, cfg.out_of_set
+        )
     dev = data.rows("train") | data.rows("val")
-    results["loso"] = loso_report(data, sel, fitted)
+    results["loso"] = loso_report(data, sel, fitted, cfg.out_of_set)
     results["probe"] = shortcut_probe(
         data.prepared.stats[dev],
         data.features[dev, 0],
@@ -451,13 +436,14 @@ def main(argv: list[str] | None = None) -> int:
         XRAY_CLASSES,
     )
     results["not_analysable"] = not_analysable_by_source(data)
-    stats, threshold, results["ood"] = ood_report(data)
-    write_artefact(opts, data, sel, fitted, model, results, stats, threshold, time.time() - started)
+    stats, threshold, results["ood"] = ood_report(data, cfg)
+    duration = time.time() - started
+    write_artefact(run, cfg, data, sel, fitted, model, results, stats, threshold, duration)
     test = results["metrics"]["test"]
     print(
         json.dumps(
             {
-                "out": str(out),
+                "out": str(run.out_dir),
                 "test_macro_auc": test["macro_roc_auc"],
                 "test_covid_sensitivity": test["per_class"]["covid"]["sensitivity"],
                 "test_ece": test["ece"],

@@ -26,6 +26,21 @@ from sklearn.model_selection import GroupKFold
 from training.data import sample_weights
 from training.evaluate import decide
 
+__all__ = [
+    "Fitted",
+    "Head",
+    "Selection",
+    "covid_vs_normal_auc",
+    "covid_weight_for",
+    "fit_head",
+    "fit_views",
+    "leave_one_source_out",
+    "ood_distance",
+    "ood_statistics",
+    "rates_by_source",
+    "shortcut_probe",
+]
+
 
 @dataclass(frozen=True)
 class Head:
@@ -37,6 +52,26 @@ class Head:
     def logits(self, features: np.ndarray) -> np.ndarray:
         out: np.ndarray = features @ self.kernel + self.bias
         return out
+
+
+@dataclass
+class Selection:
+    """The head chosen by leave-one-source-out, with its out-of-source logits."""
+
+    c: float
+    source_balance: float
+    grid: list[dict[str, Any]]
+    loso_logits: np.ndarray  # for the dev rows (train+val, analysable, 3 classes)
+    loso_extra_logits: np.ndarray | None  # out-of-set classes of the dev splits
+
+
+@dataclass
+class Fitted:
+    """The final head with its temperature and the label rule's per-class weights."""
+
+    head: Head
+    temperature: float
+    weights: np.ndarray
 
 
 def fit_head(

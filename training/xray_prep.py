@@ -8,6 +8,7 @@ together.
 
 The backbone is frozen, so each view's pooled ``top_activation`` features are computed once and
 the head is fitted on them (``training.xray_head``); they are cached under ``runs/cache/``.
+The input size and the augmentation come from the model's configuration (``training.config``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dicom_node.domain import XRAY_CLASSES
 from dicom_node.pipelines.xray.lung_fields import LungFields, LungSegmenter
 from dicom_node.pipelines.xray.preprocessing import (
     LUNG_CROP_MARGIN,
@@ -32,25 +34,29 @@ from dicom_node.pipelines.xray.preprocessing import (
     lung_weights,
     read_image,
 )
+from training.config import ViewAugment
 from training.data import Record
 
-INPUT_SIZE = 320  # 10 x 10 feature cells: Grad-CAM fine enough to sit on the lungs (val)
+__all__ = [
+    "BACKBONE_LAYER",
+    "BATCH",
+    "CACHE_DIR",
+    "FEATURE_LAYER",
+    "STAT_NAMES",
+    "Dataset",
+    "Prepared",
+    "cache_key",
+    "feature_extractor",
+    "image_statistics",
+    "lung_feature_model",
+    "pooled_features",
+    "prepare",
+]
+
 BACKBONE_LAYER = "top_activation"
 FEATURE_LAYER = "lung_features"  # the backbone's features weighted by the lung mask
 CACHE_DIR = Path("runs/cache")
 BATCH = 32
-
-
-@dataclass(frozen=True)
-class ViewAugment:
-    """Random changes made to a radiograph before the lung crop (one seeded draw per view)."""
-
-    rotation_deg: float = 6.0
-    margin: tuple[float, float] = (0.03, 0.15)  # crop margin range around the lung box
-    gamma: float = 1.4  # gamma in [1/gamma, gamma], log-uniform
-    noise: float = 0.02  # max std of Gaussian noise
-    lowres_prob: float = 0.3  # down-and-up sampling (resolution differs by source)
-    lowres_min: float = 0.4
 
 
 @dataclass
@@ -75,6 +81,37 @@ class Prepared:
         ).astype(np.float32)
 
     stats: np.ndarray  # (n, k) image size/intensity statistics, for the shortcut probe
+
+    @property
+    def size(self) -> int:
+        """The side of the square model input."""
+        return int(self.inputs.shape[2])
+
+
+@dataclass
+class Dataset:
+    """All X-ray records with their prepared inputs and features (view 0 = unaugmented)."""
+
+    records: list[Record]
+    prepared: Prepared
+    features: np.ndarray  # (n, views, d)
+
+    def rows(self, split: str | None = None, classes: Sequence[str] = XRAY_CLASSES) -> np.ndarray:
+        ok = np.array([f.problem is None for f in self.prepared.fields])
+        labels = np.array([r.label in classes for r in self.records])
+        splits = np.array([split is None or r.split == split for r in self.records])
+        out: np.ndarray = ok & labels & splits
+        return out
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array(
+            [XRAY_CLASSES.index(r.label) if r.label in XRAY_CLASSES else -1 for r in self.records]
+        )
+
+    @property
+    def families(self) -> list[str]:
+        return [r.family for r in self.records]
 
 
 def image_statistics(display: np.ndarray) -> np.ndarray:
@@ -140,11 +177,12 @@ def _views(
     fields: LungFields,
     views: int,
     seed: int,
-    aug: ViewAugment,
+    aug: ViewAugment | None,
+    size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(views, size, size, 1) uint8 image channels and (views, size, size) lung masks."""
-    out = np.zeros((views, INPUT_SIZE, INPUT_SIZE, 1), np.uint8)
-    masks = np.zeros((views, INPUT_SIZE, INPUT_SIZE), bool)
+    out = np.zeros((views, size, size, 1), np.uint8)
+    masks = np.zeros((views, size, size), bool)
     if fields.problem is not None:
         return out, masks
     rng = np.random.default_rng(seed)
@@ -153,10 +191,12 @@ def _views(
         if v == 0:
             image, mask, margin = display, fields.mask, LUNG_CROP_MARGIN
         else:
+            if aug is None:
+                raise ValueError("augmented views need a ViewAugment")
             image, mask, margin = _augment(display, fields.mask, rng, aug)
             if not mask.any():
                 image, mask = display, fields.mask
-        crop = lung_crop_input(image, mask, INPUT_SIZE, margin=margin, fade=fade)
+        crop = lung_crop_input(image, mask, size, margin=margin, fade=fade)
         out[v, ..., 0] = np.rint(crop.model_input[..., 0] * 255.0).astype(np.uint8)
         masks[v] = crop.model_input[..., 1] > 0
     return out, masks
@@ -167,14 +207,18 @@ def prepare(
     data_dir: Path,
     segmenter: LungSegmenter,
     views_for: Sequence[int],
-    seed: int = 42,
+    *,
+    size: int,
+    seed: int = 0,
     aug: ViewAugment | None = None,
 ) -> Prepared:
-    """Decode, segment and crop every record (``views_for[i]`` views for record i)."""
-    aug = aug or ViewAugment()
+    """Decode, segment and crop every record to ``size`` px (``views_for[i]`` views for record
+    i; views after the first are augmented by ``aug``, seeded by ``seed`` + the record's index)."""
     n, max_views = len(records), max(views_for, default=1)
-    inputs = np.zeros((n, max_views, INPUT_SIZE, INPUT_SIZE, 1), np.uint8)
-    masks = np.zeros((n, max_views, INPUT_SIZE, INPUT_SIZE), bool)
+    if max_views > 1 and aug is None:
+        raise ValueError("augmented views need a ViewAugment (aug)")
+    inputs = np.zeros((n, max_views, size, size, 1), np.uint8)
+    masks = np.zeros((n, max_views, size, size), bool)
     stats = np.zeros((n, len(STAT_NAMES)), np.float32)
     all_fields: list[LungFields] = []
     chunk = 64
@@ -187,7 +231,7 @@ def prepare(
             for j, (display, f) in enumerate(zip(displays, fields, strict=True)):
                 i = start + j
                 stats[i] = image_statistics(display)
-                views, view_masks = _views(display, f, views_for[i], seed + i, aug)
+                views, view_masks = _views(display, f, views_for[i], seed + i, aug, size)
                 inputs[i, : views_for[i]] = views
                 masks[i, : views_for[i]] = view_masks
     return Prepared(list(records), all_fields, inputs, masks, stats)
@@ -204,7 +248,8 @@ def lung_feature_model(backbone: Any) -> Any:
     """
     import keras
 
-    crop = keras.Input((INPUT_SIZE, INPUT_SIZE, 2), name="lung_crop")
+    size = int(backbone.inputs[0].shape[1])
+    crop = keras.Input((size, size, 2), name="lung_crop")
     pick_image = keras.layers.Conv2D(1, 1, use_bias=False, trainable=False, name="image_channel")
     pick_lungs = keras.layers.Conv2D(
         1, 1, use_bias=False, trainable=False, name="lung_weight_channel"
@@ -214,7 +259,7 @@ def lung_feature_model(backbone: Any) -> Any:
     pick_lungs.set_weights([np.array([0.0, 1.0], np.float32).reshape(1, 1, 2, 1)])
     trunk = keras.Model(backbone.inputs, backbone.get_layer(BACKBONE_LAYER).output, name="trunk")
     features = trunk(image)
-    cell = INPUT_SIZE // int(features.shape[1])
+    cell = size // int(features.shape[1])
     cell_weights = keras.layers.AveragePooling2D(cell, name="lung_cell_weights")(weights)
     lung_features = keras.layers.Multiply(name=FEATURE_LAYER)([features, cell_weights])
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(lung_features)
@@ -225,11 +270,11 @@ def feature_extractor(model: Any) -> Any:
     """A compiled function: two-channel inputs (b, size, size, 2) -> pooled features (b, d)."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 2), tf.float32)])  # type: ignore[misc]
     def run(images: Any) -> Any:
         return model(images, training=False)
 
-    return run
+    signature = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32)
+    return tf.function(run, input_signature=[signature])
 
 
 def pooled_features(extract: Any, prepared: Prepared, views_for: Sequence[int]) -> np.ndarray:

@@ -24,9 +24,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
 
 MAX_BYTES = 10 * 1024 * 1024
@@ -34,7 +33,20 @@ BACKUP_COUNT = 5
 FILE_MODE = 0o640
 
 
-def audit_path(settings: Settings) -> Path:
+class AuditSettings(Protocol):
+    """Where the audit trail goes (``config.Settings`` has it)."""
+
+    @property
+    def audit_log(self) -> Path | None: ...
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def roles(self) -> tuple[str, ...]: ...
+    @property
+    def shared_joblog(self) -> bool: ...
+
+
+def audit_path(settings: AuditSettings) -> Path:
     if settings.audit_log is not None:
         return settings.audit_log
     if settings.shared_joblog:
@@ -85,7 +97,7 @@ class AuditLog:
         self._associations: dict[int, _Association] = {}
 
     @classmethod
-    def for_settings(cls, settings: Settings, rotate: bool = True) -> AuditLog:
+    def for_settings(cls, settings: AuditSettings, rotate: bool = True) -> AuditLog:
         path = audit_path(settings)
         try:
             return cls(path, rotate=rotate)

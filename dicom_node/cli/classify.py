@@ -1,8 +1,11 @@
 """``dicom-node classify``: ad-hoc classification of DICOM, PNG or JPEG files.
 
-Each input is a file or a directory (one DICOM series).  The pipeline is ``--pipeline`` or
-guessed: DICOM with Modality CT (or a directory of CT) -> ``ct``, anything else -> ``xray``
-(give ``--pipeline ct`` for PNG/JPEG CT slices).
+Each input is a file or a directory (one DICOM series).  DICOM inputs go through the node's
+routing table (:mod:`dicom_node.routing`), as received studies do: it picks the pipeline and the
+instances it analyses (``--pipeline`` checks the files against that pipeline's rule instead);
+what no rule takes is *not analysable* with the routing reason.  PNG/JPEG files have no header:
+they go to ``--pipeline`` or ``xray``.  Every pipeline is used through the seam the worker uses
+(:class:`dicom_node.pipelines.base.Pipeline`): ``run``/``run_each`` then ``describe``.
 
 - ``xray``: one radiograph per file (a directory: its frontal radiographs as one study, labelled
   by the most confident image); probabilities for ``covid``, ``normal``, ``pneumonia_bac``,
@@ -29,14 +32,16 @@ is ``<path>: not analysable: <reason> [xray]``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO, cast
+from typing import Any, TextIO
 
 import pydicom
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 
+from dicom_node.domain import Heatmap, ModelInfo
 from dicom_node.errors import (
     ClassifyError,
     ModelStoreError,
@@ -45,16 +50,13 @@ from dicom_node.errors import (
     PreprocessingError,
 )
 from dicom_node.pipelines.xray.preprocessing import LoadedImage, read_image
-from dicom_node.pipelines.xray.severity import severity_record
-from dicom_node.registry import PipelineRegistry
+from dicom_node.registry import LoadedPipeline, PipelineRegistry
+from dicom_node.routing import DEFAULT_RULES, header_info, route
 
-if TYPE_CHECKING:
-    from dicom_node.pipelines.ct.pipeline import CtPipeline
-    from dicom_node.pipelines.xray.pipeline import XrayPipeline
-
-PIPELINES = ("xray", "ct")
-CHUNK = 16  # x-ray files classified per batch (bounds memory for large radiographs)
+PIPELINES = tuple(rule.pipeline for rule in DEFAULT_RULES)
+CHUNK = 16  # image files classified per batch (bounds memory for large radiographs)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+HEADERLESS_DEFAULT = "xray"  # PNG/JPEG without --pipeline
 
 
 @dataclass
@@ -63,151 +65,124 @@ class _Job:
     path: Path
     pipeline: str
     image: LoadedImage | None = None  # a decoded file (not for directories)
+    series: list[Path] = field(default_factory=list)  # a directory's routed files
+    refusal: str | None = None  # why routing took nothing
 
 
-def _dicom_modality(path: Path) -> str | None:
-    """Modality of a DICOM file (header only), None when it is not DICOM."""
+def _header(path: Path) -> Dataset | None:
+    """A DICOM file's header, None when it is not DICOM."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
-    return str(ds.get("Modality", "")).upper()
 
 
-def _series_files(directory: Path) -> list[Path]:
+def _routed(headers: Sequence[Dataset], pipeline: str | None) -> tuple[str, tuple[int, ...], str]:
+    """(pipeline, indexes taken, reason): the routing table, or ``pipeline``'s rule alone."""
+    rules = [r for r in DEFAULT_RULES if pipeline is None or r.pipeline == pipeline]
+    decision = route([header_info(h) for h in headers], rules)
+    chosen = decision.pipeline or pipeline or _nearest_pipeline(headers)
+    return chosen, decision.instance_indexes, decision.reason
+
+
+def _nearest_pipeline(headers: Sequence[Dataset]) -> str:
+    """The pipeline to name beside a refusal: the one whose modalities the files have."""
+    modalities = {str(h.get("Modality", "")).upper() for h in headers}
+    for rule in DEFAULT_RULES:
+        if modalities & rule.modalities:
+            return rule.pipeline
+    return HEADERLESS_DEFAULT
+
+
+def _series(directory: Path, pipeline: str | None, job: _Job) -> None:
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not p.name.startswith("."))
-    dicom = [p for p in files if _dicom_modality(p) is not None]
+    read = [(p, _header(p)) for p in files]
+    dicom = [(p, h) for p, h in read if h is not None]
     if not dicom:
         raise ClassifyError("the directory holds no DICOM files")
-    return dicom
+    job.pipeline, taken, reason = _routed([h for _, h in dicom], pipeline)
+    job.series = [dicom[i][0] for i in taken]
+    job.refusal = None if taken else reason
 
 
-def _guess_pipeline(path: Path, image: LoadedImage | None) -> str:
+def _decode(index: int, path: Path, pipeline: str | None) -> _Job:
+    if not path.exists():
+        raise ClassifyError("no such file or directory")
+    job = _Job(index, path, pipeline or HEADERLESS_DEFAULT)
     if path.is_dir():
-        first = _series_files(path)[0]
-        return "ct" if _dicom_modality(first) == "CT" else "xray"
-    if image is not None and image.dataset is not None:
-        return "ct" if str(image.dataset.get("Modality", "")).upper() == "CT" else "xray"
-    return "xray"
+        _series(path, pipeline, job)
+        return job
+    job.image = read_image(path)
+    if job.image.dataset is not None:
+        job.pipeline, taken, reason = _routed([job.image.dataset], pipeline)
+        job.refusal = None if taken else reason
+    return job
 
 
-def _write_heatmap(heatmap_dir: Path, path: Path, finding: Any) -> Path:
+def _write_heatmap(heatmap_dir: Path, path: Path, picture: Heatmap) -> Path:
     from PIL import Image
 
     from dicom_node.outputs import render
 
     heatmap_dir.mkdir(parents=True, exist_ok=True)
     rgb = render.heatmap_picture(
-        finding.display_image, finding.heatmap, finding.hot_region, finding.lung_outline, 1024
+        picture.display_image, picture.heatmap, picture.hot_region, picture.lung_outline, 1024
     )
     target = heatmap_dir / f"{path.stem}_heatmap.png"
     Image.fromarray(rgb).save(target)
     return target
 
 
-def _model_record(model: Any) -> dict[str, Any]:
+def _model_record(model: ModelInfo) -> dict[str, Any]:
     return {"name": model.name, "version": model.version}
 
 
-def _xray_record(finding: Any, model: Any) -> dict[str, Any]:
-    lung_box = finding.lung_box
-    return {
-        "label": finding.label,
-        "probabilities": {k: round(float(v), 4) for k, v in finding.probabilities.items()},
-        "triage_suspicion": bool(finding.triage_suspicion),
-        "region": [[round(float(x), 1), round(float(y), 1)] for x, y in finding.hot_region],
-        # (row0, row1, col0, col1) -> [x0, y0, x1, y1], as image tools expect boxes.
-        "lung_box": None
-        if lung_box is None
-        else [lung_box[2], lung_box[0], lung_box[3], lung_box[1]],
-        "heat_in_lungs": None if finding.heat_in_lungs is None else round(finding.heat_in_lungs, 4),
-        **severity_record(finding.severity),
-        "model": _model_record(model),
-    }
-
-
-def _not_analysable_record(reason: str, model: Any) -> dict[str, Any]:
+def _not_analysable_record(reason: str, model: ModelInfo | None) -> dict[str, Any]:
     """No probabilities at all: a number for an image the model cannot read would mislead."""
     return {
         "not_analysable": reason,
         "label": None,
         "probabilities": None,
-        "model": _model_record(model),
+        **({"model": _model_record(model)} if model is not None else {}),
     }
 
 
 class _Runner:
-    """Gets the pipelines from the registry, which loads each model once, on first use
-    (TensorFlow import and loading take seconds)."""
+    """Gets each pipeline from the registry (which loads its model once, on first use) and
+    uses it through the seam only."""
 
     def __init__(self, heatmap_dir: Path | None, registry: PipelineRegistry) -> None:
         self.heatmap_dir = heatmap_dir
         self.registry = registry
 
-    def xray(self) -> XrayPipeline:
-        return cast("XrayPipeline", self.registry.get("xray").pipeline)
-
-    def ct(self) -> CtPipeline:
-        return cast("CtPipeline", self.registry.get("ct").pipeline)
-
-    def xray_files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
-        from dicom_node.domain import XrayImageFinding
-
-        pipeline = self.xray()
-        images = [job.image for job in jobs if job.image is not None]
-        results = []
-        for job, outcome in zip(jobs, pipeline.analyse_images(images), strict=True):
-            if not isinstance(outcome, XrayImageFinding):
-                results.append(_not_analysable_record(outcome.reason, pipeline.model_info))
-                continue
-            record = _xray_record(outcome, pipeline.model_info)
-            if self.heatmap_dir is not None:
-                record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, outcome))
-            results.append(record)
-        return results
-
-    def xray_series(self, job: _Job) -> dict[str, Any]:
-        from dicom_node.pipelines.xray.pipeline import most_confident
-
-        pipeline = self.xray()
-        datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
-        try:
-            finding = pipeline.run(datasets)
-        except NotAnalysable as exc:
-            return _not_analysable_record(str(exc), pipeline.model_info)
-        best = most_confident(finding, pipeline.decision_weights)
-        record = _xray_record(best, pipeline.model_info)
-        record["images"] = pipeline.summarise(finding)["images"]
-        if self.heatmap_dir is not None:
-            record["heatmap"] = str(_write_heatmap(self.heatmap_dir, job.path, best))
+    def _record(self, loaded: LoadedPipeline[Any], finding: Any, path: Path) -> dict[str, Any]:
+        pipeline = loaded.pipeline
+        record = {**pipeline.describe(finding), "model": _model_record(pipeline.model_info)}
+        pictures = pipeline.heatmaps(finding)
+        if self.heatmap_dir is not None and pictures:
+            record["heatmap"] = str(_write_heatmap(self.heatmap_dir, path, pictures[0]))
         return record
 
-    def ct_slice(self, job: _Job) -> dict[str, Any]:
-        pipeline = self.ct()
-        return _not_analysable_record(
-            "a single CT slice: the CT assessment needs the whole axial series (a directory)",
-            pipeline.model_info,
-        )
+    def files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
+        """Image files of one pipeline, as one batch."""
+        loaded = self.registry.get(jobs[0].pipeline)
+        images = [job.image for job in jobs if job.image is not None]
+        outcomes = loaded.pipeline.run_each(images)
+        return [
+            _not_analysable_record(outcome, loaded.pipeline.model_info)
+            if isinstance(outcome, str)
+            else self._record(loaded, outcome, job.path)
+            for job, outcome in zip(jobs, outcomes, strict=True)
+        ]
 
-    def ct_series(self, job: _Job) -> dict[str, Any]:
-        pipeline = self.ct()
-        datasets = [pydicom.dcmread(p) for p in _series_files(job.path)]
+    def series(self, job: _Job) -> dict[str, Any]:
+        loaded = self.registry.get(job.pipeline)
+        datasets = [pydicom.dcmread(p) for p in job.series]
         try:
-            finding = pipeline.run(datasets)
+            finding = loaded.pipeline.run(datasets)
         except NotAnalysable as exc:
-            return _not_analysable_record(str(exc), pipeline.model_info)
-        info = pipeline.model_info
-        return {
-            **pipeline.summarise(finding),
-            "model": {"name": info.name, "version": info.version},
-        }
-
-
-def _decode(index: int, path: Path, pipeline: str | None) -> _Job:
-    if not path.exists():
-        raise ClassifyError("no such file or directory")
-    image = None if path.is_dir() else read_image(path)
-    return _Job(index, path, pipeline or _guess_pipeline(path, image), image)
+            return _not_analysable_record(str(exc), loaded.pipeline.model_info)
+        return self._record(loaded, finding, job.path)
 
 
 def run_classify(
@@ -239,33 +214,32 @@ def run_classify(
 
     for index, raw in enumerate(paths):
         job = attempt(index, Path(raw), pipeline or "?", _decode, index, Path(raw), pipeline)
-        if job is not None:
+        if job is None:
+            continue
+        if job.refusal is not None:  # the routing table took nothing: no model is loaded
+            record = _not_analysable_record(job.refusal, None)
+            results[index] = {"path": str(job.path), "pipeline": job.pipeline, **record}
+        else:
             jobs.append(job)
 
-    # Single x-ray files are classified in batches; directories and CT inputs one by one.
-    xray_files = [j for j in jobs if j.pipeline == "xray" and j.image is not None]
-    for start in range(0, len(xray_files), CHUNK):
-        chunk = xray_files[start : start + CHUNK]
-        batch = attempt(chunk[0].index, chunk[0].path, "xray", runner.xray_files, chunk)
-        if batch is None:  # the model failed as a whole: report it for every file of the chunk
-            error = results[chunk[0].index]["error"]
-            for job in chunk:
-                results[job.index] = {"path": str(job.path), "pipeline": "xray", "error": error}
-            continue
-        for job, record in zip(chunk, batch, strict=True):
-            results[job.index] = {"path": str(job.path), "pipeline": "xray", **record}
+    # Image files are classified in batches per pipeline; directories one by one.
+    for name in PIPELINES:
+        files = [j for j in jobs if j.pipeline == name and j.image is not None]
+        for start in range(0, len(files), CHUNK):
+            chunk = files[start : start + CHUNK]
+            batch = attempt(chunk[0].index, chunk[0].path, name, runner.files, chunk)
+            if batch is None:  # the model failed as a whole: report it for every file
+                error = results[chunk[0].index]["error"]
+                for job in chunk:
+                    results[job.index] = {"path": str(job.path), "pipeline": name, "error": error}
+                continue
+            for job, record in zip(chunk, batch, strict=True):
+                results[job.index] = {"path": str(job.path), "pipeline": name, **record}
     for job in jobs:
-        if job.pipeline == "xray" and job.image is not None:
-            continue
-        if job.pipeline == "xray":
-            work: Callable[[_Job], dict[str, Any]] = runner.xray_series
-        elif job.image is not None:
-            work = runner.ct_slice
-        else:
-            work = runner.ct_series
-        record = attempt(job.index, job.path, job.pipeline, work, job)
-        if record is not None:
-            results[job.index] = {"path": str(job.path), "pipeline": job.pipeline, **record}
+        if job.image is None:
+            record = attempt(job.index, job.path, job.pipeline, runner.series, job)
+            if record is not None:
+                results[job.index] = {"path": str(job.path), "pipeline": job.pipeline, **record}
 
     failed = 0
     for index in range(len(paths)):

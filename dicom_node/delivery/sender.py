@@ -11,23 +11,43 @@ import datetime as dt
 import logging
 import threading
 from pathlib import Path
+from typing import Protocol
 
 import pydicom
 
 from dicom_node.admin.audit import AuditLog
 from dicom_node.admin.metrics import Metrics
-from dicom_node.config import DicomWebAddress, Settings, parse_destination
+from dicom_node.config import DicomWebAddress, parse_destination
 from dicom_node.delivery.cstore_client import StoreClient
 from dicom_node.delivery.store_result import StoreResult, StoreTransport
 from dicom_node.delivery.stow_client import StowClient
 from dicom_node.joblog import DeliveryLog
 from dicom_node.joblog.records import DueDelivery
 from dicom_node.joblog.schema import JobState, utcnow
-from dicom_node.tls import client_context
+from dicom_node.tls import ClientTlsSettings, client_context
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+
+
+class SenderSettings(ClientTlsSettings, Protocol):
+    """What the sender reads of the configuration (``config.Settings`` has it)."""
+
+    @property
+    def ae_title(self) -> str: ...
+    @property
+    def network_timeout_seconds(self) -> float: ...
+    @property
+    def pacs_tls(self) -> bool: ...
+    @property
+    def send_max_attempts(self) -> int: ...
+    @property
+    def send_backoff_seconds(self) -> float: ...
+    @property
+    def send_backoff_max_seconds(self) -> float: ...
+    @property
+    def shared_joblog(self) -> bool: ...
 
 
 class ResultSender:
@@ -35,7 +55,7 @@ class ResultSender:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: SenderSettings,
         joblog: DeliveryLog,
         metrics: Metrics,
         transport: StoreTransport | None = None,

@@ -37,21 +37,18 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from copy import deepcopy
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from pynetdicom import evt
-from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 from dicom_node import tls
 from dicom_node.admin.audit import AuditLog
-from dicom_node.config import Settings
-from dicom_node.errors import ConfigError
+from dicom_node.errors import ConfigError, IntakeRefused
+from dicom_node.intake import pynetdicom_adapter
 from dicom_node.intake.filing import NodeAssociation
 
 log = logging.getLogger(__name__)
@@ -65,6 +62,27 @@ _A_ASSOCIATE_RQ = 0x01
 RJ_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE not recognised
 RJ_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
 RJ_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider (presentation), local limit
+
+
+class AdmissionSettings(tls.TlsSettings, Protocol):
+    """What the gate reads of the configuration (``config.Settings`` has it)."""
+
+    @property
+    def ae_title(self) -> str: ...
+    @property
+    def require_called_ae(self) -> bool: ...
+    @property
+    def allowed_aes(self) -> tuple[str, ...]: ...
+    @property
+    def ae_hosts(self) -> Mapping[str, str]: ...
+    @property
+    def maximum_associations(self) -> int: ...
+    @property
+    def reserved_associations(self) -> int: ...
+    @property
+    def network_timeout_seconds(self) -> float: ...
+    @property
+    def association_request_timeout_seconds(self) -> float: ...
 
 
 @dataclass
@@ -106,7 +124,7 @@ class Peer:
         return f"{who}{self.address} ({self.tls_version}{cert})"
 
 
-class Refused(Exception):
+class Refused(IntakeRefused):
     """A connection we drop or refuse; ``reject`` is the A-ASSOCIATE-RJ to send, if any."""
 
     def __init__(
@@ -143,7 +161,7 @@ class Gate:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AdmissionSettings,
         audit: AuditLog | None = None,
         ssl_context: ssl.SSLContext | None = None,
         ae_hosts: Mapping[str, frozenset[str]] | None = None,
@@ -160,7 +178,7 @@ class Gate:
         self._peers: dict[int, Peer] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, audit: AuditLog | None = None) -> Gate:
+    def from_settings(cls, settings: AdmissionSettings, audit: AuditLog | None = None) -> Gate:
         """Load the TLS context and resolve ``ae_hosts`` once; ConfigError if either fails."""
         return cls(settings, audit, tls.server_context(settings), resolve_ae_hosts(settings))
 
@@ -371,15 +389,8 @@ class _PrefetchedSocket(AssociationSocket):
         os.set_blocking(self._wake_w, False)
         self._pipe_lock = threading.Lock()  # no write to a closed (and reused) descriptor
         super().__init__(assoc, client_socket=client_socket)
-        dul = assoc.dul
-        dul._run_loop_delay = 0.0  # ready() waits instead
-        hand_over = dul.send_pdu
-
-        def send_pdu(primitive: Any) -> None:
-            hand_over(primitive)
-            self.wake()
-
-        dul.send_pdu = send_pdu  # type: ignore[method-assign]
+        pynetdicom_adapter.stop_dul_sleeping(assoc)  # ready() waits instead
+        pynetdicom_adapter.call_after_send_pdu(assoc, self.wake)
 
     def wake(self) -> None:
         with self._pipe_lock:
@@ -393,9 +404,13 @@ class _PrefetchedSocket(AssociationSocket):
         if self._prefix:
             return True
         sock = self.socket
-        dul = self.assoc.dul
-        busy = not dul.event_queue.empty() or not dul.to_provider_queue.empty()
-        if sock is None or busy or dul._kill_thread or self._wake_r < 0:
+        assoc = self.assoc
+        if (
+            sock is None
+            or pynetdicom_adapter.dul_busy(assoc)
+            or pynetdicom_adapter.dul_stopping(assoc)
+            or self._wake_r < 0
+        ):
             return bool(super().ready)
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return True
@@ -443,25 +458,13 @@ class PreparedHandler(RequestHandler):
             gate.detach(assoc)
 
     def _prepared_association(self, prepared: _Prepared) -> Association:
-        # As pynetdicom 3.0.4's RequestHandler._create_association, with our socket.
-        assoc = NodeAssociation(self.ae, MODE_ACCEPTOR)  # answers malformed C-STORE-RQs
-        assoc._server = self.server
-        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(_PrefetchedSocket(assoc, prepared.stream, prepared.request))
-        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
-        assoc.acceptor.ae_title = self.server.ae_title
-        assoc.acceptor.address_info = self.local
-        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(self.server.contexts)
-        assoc.requestor.address_info = self.remote
-        for event, handlers in self.server._handlers.items():
-            if event.is_intervention and handlers:
-                assoc.bind(event, *handlers)
-            elif isinstance(event, evt.NotificationEvent):
-                for handler, args in cast(list[tuple[Any, Any]], handlers):
-                    assoc.bind(event, handler, args)
-        return assoc
+        # pynetdicom's own construction, with our association (it answers malformed
+        # C-STORE-RQs) and our socket.
+        return pynetdicom_adapter.build_acceptor_association(
+            self,
+            NodeAssociation,
+            lambda assoc: _PrefetchedSocket(assoc, prepared.stream, prepared.request),
+        )
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -493,7 +496,7 @@ class GuardedServer(ThreadedAssociationServer):
         self.gate.close_waiting()
 
 
-def resolve_ae_hosts(settings: Settings) -> dict[str, frozenset[str]]:
+def resolve_ae_hosts(settings: AdmissionSettings) -> dict[str, frozenset[str]]:
     """``ae_hosts`` as AE -> IP addresses, resolved once at start."""
     resolved: dict[str, frozenset[str]] = {}
     for ae, host in settings.ae_hosts.items():

@@ -13,8 +13,6 @@ Models run elsewhere (``worker``).
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,17 +24,17 @@ from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import UID
-from pynetdicom import _config, dimse_messages, evt
-from pynetdicom.association import Association
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.admin.metrics import Metrics
-from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus, InstanceRejected
+from dicom_node.intake import pynetdicom_adapter
 from dicom_node.joblog import IntakeLog
 from dicom_node.joblog.records import InstanceRecord, RecordOutcome
 from dicom_node.logs import clean
+from dicom_node.routing import header_info
 from dicom_node.storage import adopt_file, free_disk_mb, inbox_path, is_safe_uid
 
 log = logging.getLogger(__name__)
@@ -55,11 +53,38 @@ class InstanceAudit(Protocol):
     ) -> None: ...
 
 
+class IntakeSettings(Protocol):
+    """What filing and the STOW-RS server read of the configuration (``config.Settings``)."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def inbox_dir(self) -> Path: ...
+    @property
+    def quarantine_dir(self) -> Path: ...
+    @property
+    def fsync(self) -> bool: ...
+    @property
+    def max_instance_mb(self) -> int: ...
+    @property
+    def max_decoded_mb(self) -> int: ...
+    @property
+    def min_free_disk_mb(self) -> int: ...
+    @property
+    def maximum_associations(self) -> int: ...
+    @property
+    def network_timeout_seconds(self) -> float: ...
+    @property
+    def dicomweb_host(self) -> str: ...
+    @property
+    def dicomweb_port(self) -> int | None: ...
+
+
 @dataclass
 class Intake:
     """What the C-STORE handler needs, bound once at start."""
 
-    settings: Settings
+    settings: IntakeSettings
     joblog: IntakeLog
     metrics: Metrics
     # A gathering job's instance was filed, from the association with this key (``id``).
@@ -108,21 +133,11 @@ def receive_to_files() -> None:
     association's thread with an exception: the meta gets a placeholder instead, and the
     handler refuses such a request (its checks read the request's own UIDs).
     """
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    original: Any = getattr(dimse_messages, "create_file_meta")  # noqa: B009
-    if getattr(original, "_dicom_node", False):
-        return
-
-    def tolerant(**kwargs: Any) -> Any:
-        for key in ("sop_class_uid", "sop_instance_uid"):
-            kwargs[key] = kwargs.get(key) or UID(_PLACEHOLDER_UID)
-        return original(**kwargs)
-
-    tolerant._dicom_node = True  # type: ignore[attr-defined]
-    setattr(dimse_messages, "create_file_meta", tolerant)  # noqa: B010
+    pynetdicom_adapter.enable_chunked_receive()
+    pynetdicom_adapter.tolerate_empty_meta_uids(_PLACEHOLDER_UID)
 
 
-class NodeAssociation(Association):
+class NodeAssociation(pynetdicom_adapter.InterceptingAssociation):
     """pynetdicom's association, answering a C-STORE request that lacks a required parameter,
     and waiting for DIMSE messages instead of polling for them.
 
@@ -141,28 +156,18 @@ class NodeAssociation(Association):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        ask = self.dimse.get_msg
+        pynetdicom_adapter.wait_for_dimse_messages(self, self.REACTOR_WAIT_SECONDS)
 
-        def get_msg(block: bool = False) -> Any:
-            if block or threading.current_thread() is not self:
-                return ask(block)
-            try:
-                return self.dimse.msg_queue.get(timeout=self.REACTOR_WAIT_SECONDS)
-            except queue.Empty:
-                return None, None
-
-        self.dimse.get_msg = get_msg  # type: ignore[method-assign]
-
-    def _serve_request(self, msg: Any, context_id: int) -> None:
+    def intercept_request(self, msg: Any, context_id: int) -> bool:
         if isinstance(msg, C_STORE) and not msg.is_valid_request and msg.MessageID is not None:
             self._refuse_invalid_store(msg, context_id)
-            return
-        super()._serve_request(msg, context_id)
+            return True
+        return False
 
     def _refuse_invalid_store(self, msg: C_STORE, context_id: int) -> None:
         reason = "C-STORE request without an Affected SOP Instance UID or SOP Class UID"
-        leftover = getattr(msg, "_dataset_path", None)
-        if isinstance(leftover, Path):
+        leftover = pynetdicom_adapter.received_file(msg)
+        if leftover is not None:
             leftover.unlink(missing_ok=True)
         response = C_STORE()
         response.MessageIDBeingRespondedTo = msg.MessageID
@@ -298,7 +303,7 @@ def file_received(received: _Received, intake: Intake) -> FilingOutcome:
     return FilingOutcome(DicomStatus.SUCCESS)
 
 
-def refile_unrecorded(settings: Settings, joblog: IntakeLog) -> int:
+def refile_unrecorded(settings: IntakeSettings, joblog: IntakeLog) -> int:
     """Record inbox files the job log does not know; returns how many.
 
     Success is answered once the file is durable (fsync of the file and of its directory)
@@ -330,7 +335,7 @@ def _recovered_record(header: Dataset, path: Path) -> InstanceRecord:
     return _record_from(header, uids, transfer_syntax, "RECOVERED", path, path.stat().st_size)
 
 
-def _check_resources(path: Path, settings: Settings) -> int:
+def _check_resources(path: Path, settings: IntakeSettings) -> int:
     """Disk and size guards; returns the instance's size in bytes."""
     free = free_disk_mb(settings.data_dir)
     if free < settings.min_free_disk_mb:
@@ -401,7 +406,7 @@ def _touch(dataset: Dataset, depth: int) -> None:
                 _touch(item, depth + 1)
 
 
-def _check(header: Dataset, received: _Received, settings: Settings) -> InstanceRecord:
+def _check(header: Dataset, received: _Received, settings: IntakeSettings) -> InstanceRecord:
     """What filing, routing and the pipelines rely on; returns the instance's record."""
     declared = (
         "the C-STORE request's Affected SOP Instance UID"
@@ -453,23 +458,25 @@ def _record_from(
     path: Path,
     size_bytes: int,
 ) -> InstanceRecord:
+    routing_fields = header_info(header)
     return InstanceRecord(
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
         transfer_syntax_uid=transfer_syntax,
-        modality=_text(header, "Modality", 16),
-        body_part=_text(header, "BodyPartExamined", 64),
-        image_type=_image_type(header),
-        description=_descriptions(header),
+        modality=routing_fields.modality,
+        body_part=routing_fields.body_part,
+        image_type=routing_fields.image_type,
+        view_position=routing_fields.view_position,
+        description=routing_fields.description,
         calling_ae=calling_ae,
         path=str(path),
         size_bytes=size_bytes,
     )
 
 
-def _check_pixel_data(header: Dataset, transfer_syntax: UID, settings: Settings) -> None:
+def _check_pixel_data(header: Dataset, transfer_syntax: UID, settings: IntakeSettings) -> None:
     """Refuse image datasets without pixels, with fewer pixel bytes than declared, or whose
     pixels would decode to more than ``max_decoded_mb`` (checked before anything decodes).
 
@@ -601,35 +608,6 @@ def _uid_or_none(header: Dataset, keyword: str) -> str | None:
     except Exception:
         return None
     return str(value) if is_safe_uid(value) else None
-
-
-def _text(header: Dataset, keyword: str, limit: int) -> str | None:
-    """A short code string as recorded (routing reads it); control characters removed."""
-    try:
-        value = header.get(keyword)
-    except Exception:
-        return None
-    text = "".join(ch for ch in str(value) if ch.isprintable()).strip() if value else ""
-    return text[:limit] or None
-
-
-def _image_type(header: Dataset) -> str | None:
-    try:
-        values = header.get("ImageType", []) or []
-        items = [values] if isinstance(values, str) else list(values)  # CS, VM 2-n
-        joined = "\\".join(str(v) for v in items)
-    except Exception:
-        return None
-    return "".join(ch for ch in joined if ch.isprintable())[:128] or None
-
-
-def _descriptions(header: Dataset) -> str | None:
-    """Study/series/protocol descriptions, used by routing when Body Part is absent."""
-    parts = [
-        _text(header, k, 256) for k in ("StudyDescription", "SeriesDescription", "ProtocolName")
-    ]
-    joined = " | ".join(p for p in parts if p)
-    return joined[:256] or None
 
 
 def _reason_label(status: int) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import cast
+from typing import Protocol, cast
 
 from pydicom.uid import (
     JPEG2000,
@@ -27,32 +27,20 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    ComputedRadiographyImageStorage,
-    CTImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedCTImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node import tls
 from dicom_node.admin.audit import AuditLog
-from dicom_node.config import Settings
 from dicom_node.errors import DicomStatus
-from dicom_node.intake import admission
-from dicom_node.intake.admission import Gate, GuardedServer
+from dicom_node.intake import admission, pynetdicom_adapter
+from dicom_node.intake.admission import AdmissionSettings, Gate, GuardedServer
 from dicom_node.intake.filing import Accepted, Intake, handle_store, receive_to_files
+from dicom_node.routing import accepted_sop_classes
 
 log = logging.getLogger(__name__)
 
-STORAGE_SOP_CLASSES: tuple[UID, ...] = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    CTImageStorage,
-    EnhancedCTImageStorage,
-)
+# Exactly what the routing table can analyse: nothing is accepted only to be ignored later.
+STORAGE_SOP_CLASSES: tuple[UID, ...] = tuple(UID(uid) for uid in accepted_sop_classes())
 NATIVE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -101,13 +89,22 @@ def _association_closed(event: evt.Event, intake: Intake) -> None:
         return
     key = id(event.assoc)
     if event.event == evt.EVT_RELEASED:
-        event.assoc._dicom_node_released = True  # type: ignore[attr-defined]
+        pynetdicom_adapter.mark_released(event.assoc)
         intake.on_association_end(key, True)
-    elif not getattr(event.assoc, "_dicom_node_released", False):
+    elif not pynetdicom_adapter.was_released(event.assoc):
         intake.on_association_end(key, False)
 
 
-def build_ae(settings: Settings) -> AE:
+class ScpSettings(AdmissionSettings, Protocol):
+    """What the SCP reads of the configuration (``config.Settings`` has it)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def max_pdu_bytes(self) -> int: ...
+
+
+def build_ae(settings: ScpSettings) -> AE:
     """The application entity with our presentation contexts and association policy."""
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = settings.require_called_ae
@@ -128,7 +125,7 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_scp(settings: Settings, intake: Intake, gate: Gate | None = None) -> GuardedServer:
+def start_scp(settings: ScpSettings, intake: Intake, gate: Gate | None = None) -> GuardedServer:
     """Start listening in background threads; returns the server (``.shutdown()``).
 
     ``gate`` is built from the settings when not given (``Node`` builds it earlier, so a bad
@@ -160,7 +157,7 @@ def start_scp(settings: Settings, intake: Intake, gate: Gate | None = None) -> G
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     # What ae.start_server does too: the server's shutdown() removes itself from this list.
-    ae._servers.append(server)
+    pynetdicom_adapter.register_server(ae, server)
     reserved = f", the last {gate.reserved} for allowed_aes" if gate.reserved else ""
     log.info(
         "DICOM SCP %s listening on %s:%d (%s): up to %d associations%s; A-ASSOCIATE-RQ within %g s",

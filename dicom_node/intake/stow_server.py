@@ -36,9 +36,8 @@ from typing import Any, BinaryIO
 import pydicom
 
 from dicom_node.admin.audit import AuditLog
-from dicom_node.config import Settings
-from dicom_node.errors import DicomStatus
-from dicom_node.intake.filing import Accepted, FilingOutcome, Intake, file_part10
+from dicom_node.errors import DicomStatus, IntakeRefused
+from dicom_node.intake.filing import Accepted, FilingOutcome, Intake, IntakeSettings, file_part10
 from dicom_node.logs import clean
 from dicom_node.storage import free_disk_mb, is_safe_uid
 
@@ -50,7 +49,7 @@ _CHUNK = 1 << 20
 MIB = 1024 * 1024
 
 
-class RequestRefused(Exception):
+class RequestRefused(IntakeRefused):
     """The whole request is refused with an HTTP status (nothing was filed)."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -208,7 +207,7 @@ def _boundary(headers: Message) -> bytes:
 class _SpooledBody:
     """The request body in a temporary file beside the inbox, mapped for splitting."""
 
-    def __init__(self, handler: BaseHTTPRequestHandler, settings: Settings) -> None:
+    def __init__(self, handler: BaseHTTPRequestHandler, settings: IntakeSettings) -> None:
         self._handler = handler
         self._settings = settings
         self._dir: Path = settings.data_dir

@@ -19,6 +19,7 @@ class InstanceRecord:
     modality: str | None
     body_part: str | None
     image_type: str | None
+    view_position: str | None
     description: str | None
     calling_ae: str
     path: str
@@ -34,6 +35,7 @@ INSTANCE_FIELDS: tuple[str, ...] = (
     "modality",
     "body_part",
     "image_type",
+    "view_position",
     "description",
     "calling_ae",
     "path",

@@ -115,6 +115,7 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     body_part: Mapped[str | None] = mapped_column(String(64))
     image_type: Mapped[str | None] = mapped_column(String(128))
+    view_position: Mapped[str | None] = mapped_column(String(16))
     description: Mapped[str | None] = mapped_column(String(256))
     calling_ae: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(Text)

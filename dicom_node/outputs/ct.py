@@ -46,6 +46,7 @@ from dicom_node.domain import (
     OutputContext,
     RegionScore,
 )
+from dicom_node.errors import OutputError
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
     BILATERAL,
@@ -112,7 +113,7 @@ def build_ct_outputs(
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources_for_outputs(sources)}
     missing = [uid for uid in finding.source_sop_instance_uids if uid not in by_uid]
     if missing:
-        raise ValueError(f"finding refers to {len(missing)} instance(s) not among the sources")
+        raise OutputError(f"finding refers to {len(missing)} instance(s) not among the sources")
     datasets = [by_uid[uid] for uid in finding.source_sop_instance_uids]
     now = now_local()
     seg = build_ct_seg(finding.lungs, finding.lesions, finding.step, datasets, context, model, now)

@@ -20,6 +20,7 @@ import numpy as np
 from pydicom import Dataset
 
 from dicom_node.domain import ModelInfo, OutputContext
+from dicom_node.errors import OutputError
 from dicom_node.outputs.codes import (
     ABNORMAL_STRUCTURE,
     ANATOMICAL_STRUCTURE,
@@ -87,7 +88,7 @@ def build_ct_seg(
     """SEG over ``datasets``, the analysed slices in volume order (``lungs[k]`` is slice k)."""
     with_lung = np.flatnonzero(np.any(lungs > 0, axis=(1, 2)))
     if with_lung.size == 0:
-        raise ValueError("no lung voxels: nothing to segment")
+        raise OutputError("no lung voxels: nothing to segment")
     first = datasets[0]
     shape = (int(first.Rows), int(first.Columns))
     pixels = upsample(label_map(lungs[with_lung], lesions[with_lung]), step, shape)

@@ -34,6 +34,7 @@ from dicom_node.domain import (
     XrayImageFinding,
     XraySeverity,
 )
+from dicom_node.errors import OutputError
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import (
     CLASS_DISPLAY_NAME,
@@ -94,7 +95,7 @@ def build_xray_outputs(
         f.source_sop_instance_uid for f in finding.images if f.source_sop_instance_uid not in by_uid
     ]
     if missing:
-        raise ValueError(f"finding refers to instances not among the sources: {missing}")
+        raise OutputError(f"finding refers to instances not among the sources: {missing}")
     now = now_local()
     analysed = [by_uid[f.source_sop_instance_uid] for f in finding.images]
     with warnings.catch_warnings():
@@ -187,7 +188,7 @@ def _measurement_group(
 def _closed_polygon(points: np.ndarray) -> np.ndarray:
     polygon = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     if len(polygon) < 3:
-        raise ValueError("the hot region needs at least 3 points")
+        raise OutputError("the hot region needs at least 3 points")
     if not np.array_equal(polygon[0], polygon[-1]):
         polygon = np.vstack([polygon, polygon[:1]])
     return polygon

@@ -2,8 +2,7 @@
 
 ``training`` builds and writes a :class:`ModelCard`; the node reads it back with
 :meth:`ModelCard.from_json` (``model_store.find_artefact``) and uses the inference parameters:
-classes, input size and normalisation, temperature, label rule, Grad-CAM and logits layers and,
-for CT models, the HU window.
+classes, input size and normalisation, temperature, label rule, Grad-CAM and logits layers.
 
 This module is the one place for the card's defaults: the dataclass defaults below.  A field
 without a default that a card lacks (``classes``, ``input.size``; inside a documenting section
@@ -11,7 +10,8 @@ that is present, each of its fields) is a :class:`ModelStoreError` naming it, an
 of the wrong type.  The sections that only document the model (title, training, data,
 metrics, ...) may be absent (``None``); ``to_json`` leaves out every absent optional field, so
 ``ModelCard.from_json(j).to_json() == j`` for a card that spells its inference fields out (as
-every card ``training`` writes does).  Keys the card does not define are ignored.
+every card ``training`` writes does).  Keys the card does not define are ignored: among them
+``ct``, the CT section of the cards of the removed CT slice classifier.
 
 Open-ended tables (metrics, augmentation, evaluation results) stay ``Mapping[str, Any]``.
 This module imports nothing of ours but ``dicom_node.errors``.
@@ -47,15 +47,6 @@ class InputSpec:
     central_margin: float = 0.1  # the stretch's percentiles come from the centre without it
     function: str = "dicom_node.pipelines.xray.preprocessing.to_model_input"
     description: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class CtInputSpec:
-    """How a CT slice in Hounsfield units becomes a display image before ``InputSpec``."""
-
-    window_hu: tuple[float, float] = (-1350.0, 150.0)  # the lung window
-    crop_body: bool = True
-    body_threshold_hu: float = -500.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -203,7 +194,6 @@ class ModelCard:
     limitations: tuple[str, ...] | None = None
     targets: tuple[Target, ...] | None = None
     plots: tuple[str, ...] | None = None
-    ct: CtInputSpec | None = None  # CT models only
     lung_crop: LungCropSpec | None = None  # X-ray models that see the lung fields only
     ood: OodSpec | None = None  # models with a feature-space out-of-distribution check
 
@@ -213,11 +203,6 @@ class ModelCard:
                 f"model card: decision.weights has {len(self.decision.weights)} values for "
                 f"{len(self.classes)} classes"
             )
-
-    @property
-    def ct_input(self) -> CtInputSpec:
-        """The CT input parameters: the card's, else the defaults."""
-        return self.ct if self.ct is not None else CtInputSpec()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelCard:

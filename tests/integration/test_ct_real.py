@@ -19,9 +19,9 @@ import pydicom
 import pytest
 
 from dicom_node.outputs.codes import CT_CATEGORY_VALUES
-from dicom_node.outputs.readers import read_ct_assessment, read_ct_report
 from dicom_node.pipelines.ct.pipeline import CtPipeline
 from tests.support import ct_variants
+from tests.support.readers import read_ct_assessment, read_ct_report
 from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE, Stack
 from tests.support.validate import dciodvfy_errors
 

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from dicom_node.outputs.codes import CT_CATEGORY_VALUES
-from dicom_node.outputs.readers import read_ct_assessment, read_ct_report
+from tests.support.readers import read_ct_assessment, read_ct_report
 from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE
 from tests.support.synthetic import write_phantom_series
 from tests.support.validate import dciodvfy_errors

@@ -11,8 +11,8 @@ from typing import Any
 import pydicom
 from pydicom.data import get_testdata_file
 
-from dicom_node.outputs.readers import read_xray_report
 from tests.support.net import free_port
+from tests.support.readers import read_xray_report
 from tests.support.stack import SC_STORAGE, SR_STORAGE, Stack
 
 RG1 = Path(get_testdata_file("RG1_UNCR.dcm") or "")

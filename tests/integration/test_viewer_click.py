@@ -17,8 +17,8 @@ import pydicom
 import pytest
 
 from dicom_node.outputs.codes import CLASS_DISPLAY_NAME
-from dicom_node.outputs.readers import read_xray_report
 from tests.support.factories import encode, viewable_chest_cr
+from tests.support.readers import read_xray_report
 from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE, Stack
 from tests.support.synthetic import write_phantom_series
 from tests.support.viewer import OhifServer, ViewerTools, pixel_stats, run_click_driver

@@ -16,7 +16,6 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 
 from dicom_node.domain import XRAY_CLASSES
-from dicom_node.outputs.readers import read_xray_report
 from dicom_node.pipelines.model_store import (
     CARD_FILE,
     artefact_directory,
@@ -24,6 +23,7 @@ from dicom_node.pipelines.model_store import (
     read_severity_card,
 )
 from tests.support.factories import chest_cr, small_cr
+from tests.support.readers import read_xray_report
 from tests.support.stack import SC_STORAGE, SR_STORAGE, Stack
 from tests.support.validate import dciodvfy_errors
 

@@ -20,10 +20,10 @@ from pydicom import Dataset
 from dicom_node.domain import CtFinding, OutputContext
 from dicom_node.errors import NotAnalysable
 from dicom_node.outputs.codes import CT_CATEGORY_VALUES
-from dicom_node.outputs.readers import read_ct_assessment, read_ct_report
 from dicom_node.outputs.seg import label_map, upsample
 from dicom_node.pipelines.ct.pipeline import CtPipeline, key_slices
 from dicom_node.registry import LoadedPipeline, PipelineRegistry
+from tests.support.readers import read_ct_assessment, read_ct_report
 from tests.support.synthetic import PhantomSeries, make_phantom, write_phantom_series
 from tests.support.synthetic.phantom import Ellipsoid
 

@@ -49,7 +49,7 @@ def test_layer_choice_skips_1x1_maps() -> None:
 
 
 def test_layer_choice_for_the_compact_model_and_applications() -> None:
-    from training.models import build_model, gradcam_layer_name
+    from training.legacy.models import build_model, gradcam_layer_name
 
     compact = build_model("compact", 96, 3)
     assert select_gradcam_layer(compact) == gradcam_layer_name("compact") == "gradcam_features"

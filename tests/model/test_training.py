@@ -19,7 +19,7 @@ from training.evaluate import (
     softmax,
     wilson_ci,
 )
-from training.trainer import TrainConfig
+from training.legacy.trainer import TrainConfig
 
 TINY = [
     "--epochs",
@@ -70,7 +70,7 @@ def test_tiny_compact_xray_training_run_is_loaded_by_the_node(
     shared_data: Path, tmp_path: Path
 ) -> None:
     from dicom_node.pipelines.xray.pipeline import XrayPipeline
-    from training.train_xray_compact import main
+    from training.legacy.train_xray_compact import main
 
     out = tmp_path / "xray_classifier" / "0.0.1"
     assert main(["--data", str(shared_data), "--out", str(out), "--version", "0.0.1", *TINY]) == 0

@@ -37,7 +37,7 @@ def test_training_and_the_node_give_the_model_the_same_lung_crop(shared_data: Pa
 
     pipeline = XrayPipeline.load()
     node = pipeline.preprocess([ds]).images[0].model_input
-    trained = prepare([record], shared_data, LungSegmenter.load(), [1])
+    trained = prepare([record], shared_data, LungSegmenter.load(), [1], size=pipeline.input_size)
     train = trained.model_inputs([(0, 0)])[0]
 
     assert node.shape == train.shape == (pipeline.input_size, pipeline.input_size, 2)
@@ -64,6 +64,12 @@ def test_tiny_lung_training_run_is_loaded_by_the_node(shared_data: Path, tmp_pat
     assert card["input"]["function"] == "dicom_node.pipelines.xray.preprocessing.lung_crop_input"
     assert card["gradcam_layer"] == card["ood"]["layer"] == "lung_features"
     assert "Apache" in card["architecture"]["weights_provenance"]
+    # The hyper-parameters: the shipped config file, with the command line's override.
+    config = card["extra_evaluations"]["Training"]["results"]["config"]
+    assert config["file"] == "training/configs/xray_classifier.toml"
+    assert len(config["sha256"]) == 64
+    assert config["values"]["views"] == 2 and config["values"]["input_size"] == 320
+    assert config["values"]["c_grid"] == [0.0003, 0.001, 0.003]
     loso = card["extra_evaluations"]["Leave one source out"]["results"]
     assert set(loso["per_held_out_source"]) == {"ieee", "kaggle", "mhh", "nih"}
     assert {t["metric"] for t in card["targets"]} >= {"macro_roc_auc", "heat_in_lungs.median"}

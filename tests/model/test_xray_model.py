@@ -15,10 +15,11 @@ from pydicom.data import get_testdata_file
 from sklearn.metrics import roc_auc_score
 
 from dicom_node.domain import XRAY_CLASSES, XrayImageFinding
-from dicom_node.errors import ModelStoreError, NotAnalysable
+from dicom_node.errors import ModelStoreError
 from dicom_node.pipelines.model_store import find_artefact, load_keras_model
 from dicom_node.pipelines.xray.pipeline import XrayPipeline
 from dicom_node.pipelines.xray.preprocessing import read_image
+from dicom_node.routing import header_info, route
 from training.data import read_manifest
 
 
@@ -168,14 +169,15 @@ def test_validation_images_are_mostly_right(pipeline: XrayPipeline, shared_data:
     assert np.mean([predicted == truth for predicted, truth in analysed]) > 0.8
 
 
-def test_lateral_views_are_skipped(pipeline: XrayPipeline, rg1: pydicom.Dataset) -> None:
+def test_lateral_views_are_routed_away(rg1: pydicom.Dataset) -> None:
+    """The routing table, not the pipeline, keeps laterals out (the job is ignored, not failed)."""
     lateral = copy.deepcopy(rg1)
     lateral.ViewPosition = "LL"
-    with pytest.raises(NotAnalysable, match="lateral"):  # the job is ignored, not failed
-        pipeline.preprocess([lateral])
     frontal = copy.deepcopy(rg1)
     frontal.ViewPosition = "PA"
-    assert len(pipeline.preprocess([lateral, frontal]).images) == 1
+    decision = route([header_info(lateral), header_info(frontal)])
+    assert decision.pipeline == "xray" and decision.instance_indexes == (1,)
+    assert "lateral" in route([header_info(lateral)]).reason
 
 
 def test_png_input_goes_through_the_same_pipeline(

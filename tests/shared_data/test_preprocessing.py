@@ -6,15 +6,11 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 
 from dicom_node.pipelines.xray.preprocessing import (
-    body_bounding_box,
     dataset_to_display,
-    hu_slice_to_display,
-    lung_window,
     read_image,
     to_model_input,
 )
@@ -109,18 +105,3 @@ def test_training_loader_uses_the_same_function(shared_data: Path) -> None:
     for record, array in zip(records, loaded, strict=True):
         expected = to_model_input(read_image(shared_data / record.path).display, 96)
         np.testing.assert_array_equal(array, expected)
-
-
-def test_lung_window_and_body_crop(shared_data: Path) -> None:
-    np.testing.assert_allclose(
-        lung_window(np.array([-2000, -1350, -600, 150, 900])), [0.0, 0.0, 0.5, 1.0, 1.0]
-    )
-    path = sorted((shared_data / "ct_dicom" / "covid").glob("*.dcm"))[0]
-    ds = pydicom.dcmread(path)
-    hu = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds)
-    r0, r1, c0, c1 = body_bounding_box(hu)
-    assert 0 <= r0 < r1 <= ds.Rows and 0 <= c0 < c1 <= ds.Columns
-    assert (r1 - r0) * (c1 - c0) < ds.Rows * ds.Columns  # air around the body is cut off
-    display = hu_slice_to_display(hu)
-    assert display.shape == (r1 - r0, c1 - c0)
-    assert display.min() >= 0.0 and display.max() <= 1.0

@@ -32,12 +32,12 @@ from pathlib import Path
 from PIL import Image
 
 from dicom_node import RESEARCH_NOTICE
-from dicom_node.outputs.readers import read_xray_report
 from tests.support import demo_report
 from tests.support.factories import encode, viewable_chest_cr
 from tests.support.net import free_port
 from tests.support.node import NodeProcess
 from tests.support.orthanc import NodeTarget, OrthancServer
+from tests.support.readers import read_xray_report
 from tests.support.stack import SC_STORAGE, SEG_STORAGE, SR_STORAGE
 from tests.support.synthetic import PhantomSeries, write_phantom_series
 from tests.support.viewer import OhifServer, install_viewer

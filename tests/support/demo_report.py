@@ -24,9 +24,9 @@ from dicom_node.outputs.codes import (
     LUNG_VOLUME,
     SEVERITY_SCORE,
 )
-from dicom_node.outputs.readers import XrayReportImage, read_ct_assessment, read_ct_report
 from dicom_node.pipelines.model_store import find_artefact
 from tests.support.node import NodeProcess
+from tests.support.readers import XrayReportImage, read_ct_assessment, read_ct_report
 from tests.support.synthetic import PhantomSeries
 
 

@@ -113,6 +113,7 @@ def instance_record(study: str, sop: str, modality: str = "CR") -> InstanceRecor
         modality=modality,
         body_part="CHEST",
         image_type=None,
+        view_position=None,
         description=None,
         calling_ae="MODALITY",
         path=f"/inbox/{sop}.dcm",

@@ -55,6 +55,7 @@ def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixtu
             "CHEST",
             None,
             None,
+            None,
             "MODALITY",
             "/x.dcm",
             1,

@@ -15,7 +15,7 @@ def test_defaults_match_the_documented_values() -> None:
     settings = load_settings(environ={})
     assert settings.ae_title == "AINODE"
     assert settings.port == 11112
-    assert settings.pacs == PacsAddress("ORTHANC", "127.0.0.1", 4242)
+    assert settings.pacs is None  # no demo value in production defaults: a site names its PACS
     assert settings.quiet_seconds("CR") < settings.quiet_seconds("CT")
 
 

@@ -12,7 +12,6 @@ from pydicom import Dataset
 from dicom_node.domain import ModelInfo, OutputContext, XrayFinding
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import SEVERITY_LEVEL
-from dicom_node.outputs.readers import read_xray_report
 from dicom_node.outputs.render import HOT_REGION_COLOUR, LUNG_OUTLINE_COLOUR
 from dicom_node.outputs.xray import (
     CERTAINTY_OF_FINDING,
@@ -22,6 +21,7 @@ from dicom_node.outputs.xray import (
     severity_text,
 )
 from tests.support.factories import SYNTHETIC_SEVERITY, chest_cr, synthetic_xray_finding
+from tests.support.readers import read_xray_report
 
 MODEL = ModelInfo("xray_test", "9.9.9", ("covid", "normal", "pneumonia_bac"))
 

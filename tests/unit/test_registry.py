@@ -76,15 +76,39 @@ def test_unknown_pipeline() -> None:
         PipelineRegistry().get("nope")
 
 
-def test_builtins_name_pipelines_and_builders_that_exist() -> None:
-    for pipeline_path, builder_path in BUILTIN_PIPELINES.values():
-        for path, package in ((pipeline_path, "pipelines"), (builder_path, "outputs")):
-            module, attribute = path.split(":")
-            assert module.startswith(f"dicom_node.{package}.")
-            file = PACKAGE.parent / (module.replace(".", "/") + ".py")
-            tree = ast.parse(file.read_text())
-            names = {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
-            assert attribute in names
+def test_builtins_are_factories_for_the_routed_pipelines() -> None:
+    from dicom_node.routing import DEFAULT_RULES
+
+    assert set(BUILTIN_PIPELINES) == {rule.pipeline for rule in DEFAULT_RULES}
+    assert all(callable(factory) for factory in BUILTIN_PIPELINES.values())
+
+
+MISMATCHED_PAIRING = """
+from pathlib import Path
+from dicom_node.domain import CtFinding
+from dicom_node.outputs.xray import build_xray_outputs
+from dicom_node.pipelines.ct.pipeline import CtPipeline
+from dicom_node.registry import LoadedPipeline
+
+def pairing(models: Path) -> LoadedPipeline[CtFinding]:
+    return LoadedPipeline("ct", CtPipeline.load(models), build_xray_outputs)
+"""
+
+
+@pytest.mark.slow
+def test_mypy_refuses_a_builder_for_another_finding(tmp_path: Path) -> None:
+    """The seam is typed: pairing the CT pipeline with the X-ray builder is a type error, and
+    the shipped pairings are not."""
+    from mypy import api
+
+    wrong = tmp_path / "wrong_pairing.py"
+    wrong.write_text(MISMATCHED_PAIRING)
+    registry = PACKAGE / "registry.py"
+    args = ["--strict", "--follow-imports=silent", "--ignore-missing-imports", "--no-incremental"]
+    out, _, status = api.run([*args, str(wrong)])
+    assert status == 1 and 'Argument 3 to "LoadedPipeline"' in out and "XrayFinding" in out, out
+    out, _, status = api.run([*args, str(registry)])
+    assert status == 0, out
 
 
 def _our_imports(path: Path) -> set[str]:

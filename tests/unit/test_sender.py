@@ -94,6 +94,7 @@ def _sending_job(
             "CHEST",
             None,
             None,
+            None,
             "MODALITY",
             "/nonexistent",
             0,

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from pydicom import Dataset
@@ -44,6 +44,9 @@ from dicom_node.pipelines.ct.lungs import LungSegmentation, segment_lungs
 from dicom_node.pipelines.ct.pattern import assess, measure_features
 from dicom_node.pipelines.ct.quant import quantify, segment_lesions
 from dicom_node.pipelines.ct.series import CtVolume, assemble, select_series
+
+if TYPE_CHECKING:
+    from dicom_node.pixels import LoadedImage
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,10 @@ class CtPipeline(Pipeline[CtPrepared, CtLesions, CtFinding]):
             column_spacing_mm=volume.spacing[2],
             slice_order_superior_last=bool(volume.normal[2] > 0),
         )
+
+    def run_each(self, images: Sequence[LoadedImage]) -> list[CtFinding | str]:
+        reason = "a single CT slice: the CT assessment needs the whole axial series (a directory)"
+        return [reason for _ in images]
 
     def summarise(self, finding: CtFinding) -> dict[str, Any]:
         q = finding.quantification

@@ -1,9 +1,11 @@
 """CT series selection and assembly into a Hounsfield-unit volume.
 
-A study may hold several series (scouts, reformats, thick and thin reconstructions).  We pick
-the one to analyse from the data: axial CT image series, ORIGINAL/PRIMARY first, then the most
-slices with consistent spacing; localizers, reformats in other planes, single slices, gappy or
-irregular stacks are rejected with a reason that ends up in the job log (never patient data).
+A study may hold several series (reformats, thick and thin reconstructions).  Routing
+(:mod:`dicom_node.routing`) has already kept chest CT Image Storage instances that are no
+localizer; here we pick the series to analyse from its geometry: axial series,
+ORIGINAL/PRIMARY first, then the most slices with consistent spacing; reformats in other planes,
+single slices, gappy or irregular stacks are rejected with a reason that ends up in the job log
+(never patient data).
 
 Slices are ordered by their position along the slice normal (``ImagePositionPatient`` projected
 on ``row x column``), never by ``InstanceNumber``.  The volume is kept on a *working grid*: every
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.uid import CTImageStorage
 
 from dicom_node.errors import NotAnalysable, PipelineError, SeriesRejected
 from dicom_node.pixels import hu_image
@@ -37,10 +38,6 @@ IRREGULAR_CV = 0.1  # coefficient of variation of the steps above which spacing 
 AXIAL_MIN_COS = float(np.cos(np.deg2rad(15.0)))  # slice normal within 15 degrees of the z axis
 MAX_STEP_ANGLE_DEG = 2.0  # stacking direction vs. normal: more means gantry tilt or shear
 WORKING_SPACING_MM = 1.5
-NON_CHEST_BODY_PARTS = frozenset(
-    {"HEAD", "BRAIN", "SKULL", "NECK", "PELVIS", "HIP", "KNEE", "LEG", "FOOT", "ANKLE", "HAND"}
-    | {"WRIST", "ELBOW", "SHOULDER", "ARM", "EXTREMITY", "SPINE", "LSPINE", "CSPINE", "HEART"}
-)
 
 
 @dataclass(frozen=True)
@@ -75,14 +72,6 @@ class CtVolume:
     def voxel_ml(self) -> float:
         dz, dy, dx = self.spacing
         return dz * dy * dx / 1000.0
-
-    def patient_xyz(self, k: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-        """Patient coordinates (..., 3) of working-grid voxel indices."""
-        k = np.asarray(k)
-        base = self.positions[k]
-        rows = np.asarray(i, dtype=np.float64)[..., None] * self.spacing[1]
-        cols = np.asarray(j, dtype=np.float64)[..., None] * self.spacing[2]
-        return np.asarray(base + cols * self.row_direction + rows * self.column_direction)
 
 
 @dataclass(frozen=True)
@@ -125,18 +114,6 @@ def _series_label(datasets: Sequence[Dataset]) -> str:
 
 def check_series(datasets: Sequence[Dataset]) -> tuple[tuple[Dataset, ...], float]:
     """Validate one series' headers; return its slices sorted along the normal and the spacing."""
-    first = datasets[0]
-    modality = str(first.get("Modality", ""))
-    if modality != "CT":
-        raise SeriesRejected(f"modality {modality or 'unknown'}, not CT")
-    if str(first.get("SOPClassUID", "")) != CTImageStorage:
-        raise SeriesRejected("not CT Image Storage (enhanced multi-frame CT is not supported)")
-    image_type = {str(v).upper() for v in first.get("ImageType", [])}
-    if image_type & {"LOCALIZER", "SCOUT", "TOPOGRAM"}:
-        raise SeriesRejected("localizer (scout) image")
-    body_part = str(first.get("BodyPartExamined", "")).upper()
-    if body_part in NON_CHEST_BODY_PARTS:
-        raise SeriesRejected(f"body part {body_part} is not chest")
     unique = list({str(ds.SOPInstanceUID): ds for ds in datasets}.values())
     if len(unique) == 1:
         raise SeriesRejected("a single slice is not a volume")

@@ -75,7 +75,8 @@ class LungFields:
         for index in range(1, count + 1):
             # Padding closes contours that touch the border; the level 0.5 lies between pixels.
             padded = np.pad(labels == index, 1).astype(np.float32)
-            contour = max(measure.find_contours(padded, 0.5), key=len) - 1.0
+            contours = measure.find_contours(padded, 0.5)  # type: ignore[no-untyped-call,unused-ignore]
+            contour = max(contours, key=len) - 1.0
             contour[:, 0] = np.clip(contour[:, 0], 0, rows - 1)
             contour[:, 1] = np.clip(contour[:, 1], 0, cols - 1)
             polygon = contour[:, ::-1]

@@ -32,6 +32,7 @@ from pydicom import Dataset
 from dicom_node.domain import (
     XRAY_CLASSES,
     Box,
+    Heatmap,
     ModelInfo,
     NotAnalysedImage,
     XrayFinding,
@@ -39,6 +40,7 @@ from dicom_node.domain import (
     XraySeverity,
 )
 from dicom_node.errors import NotAnalysable, PipelineError, PreprocessingError
+from dicom_node.logs import one_line
 from dicom_node.pipelines.base import Pipeline
 from dicom_node.pipelines.model_card import LungCropSpec, OodSpec
 from dicom_node.pipelines.model_store import ModelArtefact, find_artefact, load_keras_model
@@ -58,10 +60,6 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "xray_classifier"
 MAX_BATCH = 16  # bounds memory for studies with many images
-LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"})
-# Cross-sectional and other non-radiograph modalities: refused from the header, whatever the
-# pixels look like (a CT slice can show two dark lung fields side by side).
-NOT_RADIOGRAPHS = frozenset({"CT", "MR", "PT", "NM", "US", "OCT", "SEG", "SR", "RTSTRUCT"})
 INPUT_FUNCTIONS = {
     "dicom_node.pipelines.xray.preprocessing.to_model_input": False,  # the whole image
     "dicom_node.pipelines.xray.preprocessing.lung_crop_input": True,  # the lung fields
@@ -122,22 +120,6 @@ def _load_segmenter(spec: LungCropSpec, artefact: ModelArtefact) -> Segmenter:
     beside = artefact.directory.parent.parent
     models_dir = beside if (beside / spec.segmentation_model).is_dir() else None
     return lung_fields.LungSegmenter.load(models_dir, spec.segmentation_version)
-
-
-def header_problem(ds: Dataset) -> str | None:
-    """Why the header alone says this is no frontal radiograph; None when it may be one."""
-    modality = str(ds.get("Modality", "")).upper()
-    if modality in NOT_RADIOGRAPHS:
-        return f"not a radiograph (Modality {modality})"
-    view = str(ds.get("ViewPosition", "")).upper()
-    if view in LATERAL_VIEWS:
-        return f"lateral view ({view}) skipped"
-    return None
-
-
-def one_line(text: str) -> str:
-    """Decoder messages can span lines; job-log reasons are one line."""
-    return " ".join(text.split())
 
 
 class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
@@ -241,10 +223,6 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         decoded, refused = [], []
         for position, ds in enumerate(sources):
             uid = str(ds.get("SOPInstanceUID", "?"))
-            problem = header_problem(ds)
-            if problem is not None:
-                refused.append(RefusedImage(position, uid, problem))
-                continue
             display = _decode(ds)
             if isinstance(display, str):
                 refused.append(RefusedImage(position, uid, display, broken=True))
@@ -258,15 +236,13 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
     def prepare_images(self, images: Sequence[LoadedImage]) -> PreparedXray:
         """For files already read (``classify``); never raises for an unanalysable image (they
         are in ``refused``).  PNG/JPEG have no SOP Instance UID."""
-        decoded, refused = [], []
-        for position, image in enumerate(images):
-            uid = str(image.dataset.get("SOPInstanceUID", "")) if image.dataset else ""
-            problem = header_problem(image.dataset) if image.dataset is not None else None
-            if problem is not None:
-                refused.append(RefusedImage(position, uid, problem))
-            else:
-                decoded.append(_Decoded(position, uid, image.display))
-        return self._prepare(decoded, refused)
+        decoded = [
+            _Decoded(position, str(image.dataset.get("SOPInstanceUID", "")), image.display)
+            if image.dataset
+            else _Decoded(position, "", image.display)
+            for position, image in enumerate(images)
+        ]
+        return self._prepare(decoded, [])
 
     def _prepare(self, decoded: list[_Decoded], refused: list[RefusedImage]) -> PreparedXray:
         if self.segmenter is None:
@@ -307,7 +283,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
                 spec.fade,
             )
         except PreprocessingError as exc:
-            return RefusedImage(image.position, image.uid, one_line(str(exc)))
+            return RefusedImage(image.position, image.uid, one_line(str(exc), squeeze=True))
         return PreparedImage(
             position=image.position,
             source_sop_instance_uid=image.uid,
@@ -450,13 +426,43 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             ],
         }
 
+    def describe(self, finding: XrayFinding) -> dict[str, Any]:
+        """The most confident image's record (``classify``) and each image's summary."""
+        best = most_confident(finding, self.decision_weights)
+        lung_box = best.lung_box
+        return {
+            "label": best.label,
+            "probabilities": {k: round(float(v), 4) for k, v in best.probabilities.items()},
+            "triage_suspicion": bool(best.triage_suspicion),
+            "region": [[round(float(x), 1), round(float(y), 1)] for x, y in best.hot_region],
+            # (row0, row1, col0, col1) -> [x0, y0, x1, y1], as image tools expect boxes.
+            "lung_box": None
+            if lung_box is None
+            else [lung_box[2], lung_box[0], lung_box[3], lung_box[1]],
+            "heat_in_lungs": None if best.heat_in_lungs is None else round(best.heat_in_lungs, 4),
+            **severity_record(best.severity),
+            "images": self.summarise(finding)["images"],
+        }
+
+    def heatmaps(self, finding: XrayFinding) -> Sequence[Heatmap]:
+        return (most_confident(finding, self.decision_weights),)
+
+    def run_each(self, images: Sequence[LoadedImage]) -> list[XrayFinding | str]:
+        """One batch for all the files; each radiograph is its own one-image finding."""
+        return [
+            XrayFinding(images=(outcome,))
+            if isinstance(outcome, XrayImageFinding)
+            else outcome.reason
+            for outcome in self.analyse_images(images)
+        ]
+
 
 def _decode(ds: Dataset) -> np.ndarray | str:
     """The display image, or why there is none."""
     try:
         return dataset_to_display(ds)
     except PreprocessingError as exc:
-        return one_line(str(exc))
+        return one_line(str(exc), squeeze=True)
     except Exception as exc:  # decoders raise many kinds; name the step
         return f"pixel data cannot be decoded ({type(exc).__name__})"
 

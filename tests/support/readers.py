@@ -1,4 +1,4 @@
-"""Our own outputs read back through highdicom: for the demo, tests and validation."""
+"""The node's own outputs read back through highdicom: for the demo, tests and validation."""
 
 from __future__ import annotations
 

@@ -1,21 +1,16 @@
-"""``model_card.json``/``.md`` of the lung segmentation model (no TensorFlow needed)."""
+"""``model_card.md`` of the lung segmentation model, rendered from its typed card.
+
+Called by :mod:`training.card` for cards named ``lung_segmentation``.
+"""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from dicom_node.pipelines.model_card import ModelCard
-from training import card as card_io
+
+__all__ = ["markdown"]
 
 
-def write_card(card: ModelCard, out: Path) -> None:
-    data = card_io._clean(card.to_json())
-    (out / "model_card.json").write_text(json.dumps(data, indent=2) + "\n")
-    (out / "model_card.md").write_text(card_markdown(ModelCard.from_json(data)))
-
-
-def card_markdown(card: ModelCard) -> str:
+def markdown(card: ModelCard) -> str:
     metrics = card.metrics or {}
     arch = card.architecture
     lines = [
@@ -59,7 +54,12 @@ def card_markdown(card: ModelCard) -> str:
         )
     training = metrics["training"]
     lines += ["", "## Training", ""]
-    lines += [f"- {k}: {v}" for k, v in training.items() if k != "val_dice_per_epoch"]
+    lines += [
+        f"- {k}: {v}" for k, v in training.items() if k not in ("val_dice_per_epoch", "config")
+    ]
+    if "config" in training:  # cards written since the hyper-parameters moved to a file
+        config = training["config"]
+        lines.append(f"- config: `{config['file']}` (SHA-256 {config['sha256'][:16]}...)")
     if card.data is not None:
         lines += ["", "## Data", ""]
         lines += [f"- {k}: {v}" for k, v in card.data.used_per_split.items()]

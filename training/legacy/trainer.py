@@ -1,4 +1,7 @@
-"""The training run shared by the X-ray and CT models: data, fit, evaluation, card, artefact.
+"""The end-to-end Keras run of the legacy compact CNN (``models/xray_classifier/1.0.0``).
+
+Data, fit, evaluation, card and artefact in one run; see ``training/legacy/__init__.py`` for why
+it is kept.
 
 One run writes, into its output directory (an artefact directory when shipped)::
 
@@ -10,9 +13,6 @@ One run writes, into its output directory (an artefact directory when shipped)::
 from __future__ import annotations
 
 import csv
-import platform
-import shlex
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +25,6 @@ import numpy as np
 
 from dicom_node.pipelines.model_card import (
     Architecture,
-    CtInputSpec,
     DataInfo,
     DecisionRule,
     EnsembleInfo,
@@ -37,11 +36,9 @@ from dicom_node.pipelines.model_card import (
     Target,
     TrainingInfo,
 )
-from dicom_node.pipelines.model_store import CARD_FILE, WEIGHTS_FILE, write_checksums
+from dicom_node.pipelines.model_store import CARD_FILE, WEIGHTS_FILE
 from dicom_node.pipelines.xray.preprocessing import DEFAULT_CENTRAL_MARGIN, DEFAULT_PERCENTILES
-from training import card as card_io
-from training import plots
-from training.augment import AugmentConfig
+from training import card, plots
 from training.data import (
     Record,
     load_inputs,
@@ -59,6 +56,19 @@ from training.evaluate import (
     out_of_set,
     softmax,
 )
+from training.legacy.augment import AugmentConfig
+from training.provenance import log, machine, versions
+
+__all__ = [
+    "ExtraEvaluationFn",
+    "LogitsFn",
+    "TaskSpec",
+    "TrainConfig",
+    "common_arguments",
+    "config_from_args",
+    "print_summary",
+    "run_training",
+]
 
 # A function computing logits for model inputs: what extra evaluations get.
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -68,7 +78,7 @@ ExtraEvaluationFn = Callable[[LogitsFn, float, Path, Sequence[str], int], Mappin
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What differs between the X-ray and the CT model."""
+    """The task: what is trained and what the card says about it."""
 
     name: str  # artefact name under models/
     title: str
@@ -78,7 +88,6 @@ class TaskSpec:
     limitations: tuple[str, ...]
     out_of_set_classes: tuple[str, ...] = ()
     input_description: str = ""
-    ct: CtInputSpec | None = None  # the card's CT section (CT models)
     # (class, sensitivity): the label rule weights this class until validation reaches it.
     operating_point: tuple[str, float] | None = None
     # (title, description, fn): results reported in the card under the title
@@ -122,35 +131,6 @@ class TrainConfig:
             raise ValueError(f"ensemble must be at least 1, got {self.ensemble}")
         if self.ensemble > 1 and self.backbone != "compact":
             raise ValueError("--ensemble is implemented for the compact CNN only")
-
-
-def command_line(module: str, argv: Sequence[str] | None) -> str:
-    """The command that reproduces a run (``argv`` None: this process's arguments)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python", "-m", module, *(shlex.quote(a) for a in args)])
-
-
-def _versions() -> dict[str, str]:
-    import keras
-    import pydicom
-    import sklearn
-    import tensorflow as tf
-
-    import dicom_node
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "numpy": np.__version__,
-        "pydicom": pydicom.__version__,
-        "scikit-learn": sklearn.__version__,
-        "dicom-node": getattr(dicom_node, "__version__", "unknown"),
-    }
-
-
-def _log(message: str) -> None:
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", flush=True)
 
 
 def _initialise_from(model: Any, path: Path) -> int:
@@ -275,7 +255,7 @@ def load_data(task: TaskSpec, cfg: TrainConfig) -> RunData:
         split: select(records, task.modality, classes, split, cfg.limit_per_class)
         for split in ("train", "val", *[s for s in cfg.eval_splits if s != "val"])
     }
-    _log(f"images per split: { {s: len(r) for s, r in splits.items()} }")
+    log(f"images per split: { {s: len(r) for s, r in splits.items()} }")
     arrays = {s: load_inputs(r, cfg.data_dir, cfg.input_size) for s, r in splits.items()}
     labels = {s: np.array([classes.index(r.label) for r in recs]) for s, recs in splits.items()}
     train = splits["train"]
@@ -304,7 +284,7 @@ def _train_dataset(cfg: TrainConfig, data: RunData, n_classes: int, seed: int) -
     """Shuffled, batched, augmented training samples with their one-hot labels and weights."""
     import tensorflow as tf
 
-    from training.augment import augment_batch
+    from training.legacy.augment import augment_batch
 
     generator = tf.random.Generator.from_seed(seed)
 
@@ -328,7 +308,7 @@ def _callbacks(cfg: TrainConfig, history_path: Path) -> list[Any]:
     callbacks: list[Any] = [
         keras.callbacks.CSVLogger(str(history_path)),
         keras.callbacks.LambdaCallback(
-            on_epoch_end=lambda epoch, logs: _log(
+            on_epoch_end=lambda epoch, logs: log(
                 f"epoch {epoch + 1}: "
                 + " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
             )
@@ -369,7 +349,7 @@ def _fit_member(cfg: TrainConfig, data: RunData, n_classes: int, seed: int) -> M
     """Train one model (one seed); its history goes to ``history[_seed<seed>].csv``."""
     import keras
 
-    from training.models import build_model
+    from training.legacy.models import build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(
@@ -377,7 +357,7 @@ def _fit_member(cfg: TrainConfig, data: RunData, n_classes: int, seed: int) -> M
     )
     if cfg.init_from is not None:
         copied = _initialise_from(model, cfg.init_from)
-        _log(f"initialised {copied} layers from {cfg.init_from}")
+        log(f"initialised {copied} layers from {cfg.init_from}")
     train = data.splits["train"]
     optimizer = _optimizer(cfg, steps_per_epoch=max(1, -(-len(train) // cfg.batch_size)))
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
@@ -386,7 +366,7 @@ def _fit_member(cfg: TrainConfig, data: RunData, n_classes: int, seed: int) -> M
     val_data = (data.arrays["val"], onehot[data.labels["val"]])
     history_path = cfg.out_dir / ("history.csv" if seed == cfg.seed else f"history_seed{seed}.csv")
     callbacks = _callbacks(cfg, history_path)
-    _log(f"training {cfg.backbone} ({model.count_params():,} parameters) on {len(train)} images")
+    log(f"training {cfg.backbone} ({model.count_params():,} parameters) on {len(train)} images")
     result = model.fit(
         train_ds, validation_data=val_data, epochs=cfg.epochs, callbacks=callbacks, verbose=0
     )
@@ -394,7 +374,7 @@ def _fit_member(cfg: TrainConfig, data: RunData, n_classes: int, seed: int) -> M
     best_epoch = _best_epoch(cfg, history)
     probs = model.predict(data.arrays["val"], batch_size=32, verbose=0)
     auc = macro_auc(data.labels["val"], probs, n_classes)
-    _log(f"seed {seed}: restored epoch {best_epoch}, val macro AUC {auc:.3f}")
+    log(f"seed {seed}: restored epoch {best_epoch}, val macro AUC {auc:.3f}")
     return Member(seed, model, history, best_epoch, auc)
 
 
@@ -402,7 +382,7 @@ def fit(task: TaskSpec, cfg: TrainConfig, data: RunData) -> Fitted:
     """Train the run's model: one per seed ``cfg.seed, cfg.seed + 1, ...``, logits averaged."""
     import keras
 
-    from training.models import average_ensemble
+    from training.legacy.models import average_ensemble
 
     n_classes = len(task.classes)
     seeds = [cfg.seed + i for i in range(cfg.ensemble)]
@@ -411,7 +391,7 @@ def fit(task: TaskSpec, cfg: TrainConfig, data: RunData) -> Fitted:
         model = members[0].model
     else:
         model = average_ensemble([m.model for m in members])
-        _log(f"averaged {len(members)} models (seeds {seeds}) into one")
+        log(f"averaged {len(members)} models (seeds {seeds}) into one")
 
     # Inference graph without the optimizer: small artefact, and the logits for temperature.
     inference = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -453,8 +433,8 @@ def calibrate(
             fitted_on="val",
             target=OperatingPoint(class_name=positive, sensitivity=target),
         )
-        _log(f"decision weight for {positive}: {w:.3f} (validation sensitivity >= {target})")
-    _log(f"temperature fitted on validation: {temperature:.3f}")
+        log(f"decision weight for {positive}: {w:.3f} (validation sensitivity >= {target})")
+    log(f"temperature fitted on validation: {temperature:.3f}")
     return Calibration(temperature, decision)
 
 
@@ -486,7 +466,7 @@ def _evaluate_split(
         seed=cfg.seed,
         weights=weights,
     )
-    _log(
+    log(
         f"{split}: accuracy {m['accuracy']:.3f} macro AUC {m['macro_roc_auc']:.3f} "
         f"ECE {m['ece']:.3f}"
     )
@@ -589,14 +569,6 @@ def _early_stopping(cfg: TrainConfig) -> str:
     return f"val_loss, patience {cfg.patience}, best weights restored{monitored}"
 
 
-def _machine() -> str:
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return "GPU"
-    return f"{platform.machine()}, {_cpu_count()} CPU cores, no GPU"
-
-
 def _training_info(cfg: TrainConfig, fitted: Fitted, started: float) -> TrainingInfo:
     members = fitted.members
     first = members[0]
@@ -618,7 +590,7 @@ def _training_info(cfg: TrainConfig, fitted: Fitted, started: float) -> Training
         limit_per_class=cfg.limit_per_class,
         augmentation=cfg.augment.as_dict(),
         duration_s=time.time() - started,
-        machine=_machine(),
+        machine=machine(),
         history={k: tuple(v) for k, v in first.history.items()},
         ensemble=EnsembleInfo(
             members=len(members),
@@ -649,7 +621,7 @@ def build_card(
     plot_files: Sequence[str],
     started: float,
 ) -> ModelCard:
-    from training.models import gradcam_layer_name
+    from training.legacy.models import gradcam_layer_name
 
     members, model = fitted.members, fitted.model
     ensemble_note = (
@@ -693,23 +665,14 @@ def build_card(
             },
             train_sources=dict(Counter(f"{r.label}/{r.source}" for r in data.splits["train"])),
         ),
-        versions=_versions(),
+        versions=versions(),
         metrics=evaluation.metrics,
         extra_evaluations=evaluation.extra_evaluations,
         intended_use=task.intended_use,
         limitations=(*_target_limitations(targets), *task.limitations),
         targets=targets,
         plots=tuple(plot_files),
-        ct=task.ct,
     )
-
-
-def write_card(card: ModelCard, out_dir: Path) -> ModelCard:
-    """``model_card.json``, ``model_card.md`` and ``SHA256SUMS``; returns the card as written."""
-    written = card_io.write(card, out_dir / CARD_FILE, out_dir / "model_card.md")
-    # The card carries inference parameters (temperature, input size), so it is checksummed too.
-    write_checksums(out_dir, (WEIGHTS_FILE, CARD_FILE))
-    return written
 
 
 def run_training(task: TaskSpec, cfg: TrainConfig) -> ModelCard:
@@ -728,21 +691,16 @@ def run_training(task: TaskSpec, cfg: TrainConfig) -> ModelCard:
     calibration = calibrate(task, cfg, logits["val"], data.labels["val"])
     evaluation = evaluate_run(task, cfg, data, fitted, logits, calibration)
     plot_files = write_run_files(task, cfg, fitted, evaluation)
-    card = build_card(task, cfg, data, fitted, calibration, evaluation, plot_files, started)
-    written = write_card(card, cfg.out_dir)
-    _log(f"wrote {cfg.out_dir} in {time.time() - started:.0f} s")
+    built = build_card(task, cfg, data, fitted, calibration, evaluation, plot_files, started)
+    # The card carries inference parameters (temperature, input size), so it is checksummed too.
+    written = card.write(built, cfg.out_dir, (WEIGHTS_FILE, CARD_FILE))
+    log(f"wrote {cfg.out_dir} in {time.time() - started:.0f} s")
     return written
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def common_arguments(parser: Any, defaults: TrainConfig, name: str) -> None:
     """Command-line options of the trainer-based runs (``train_xray_compact``)."""
-    from training.models import BACKBONES
+    from training.legacy.models import BACKBONES
 
     parser.add_argument(
         "--data",

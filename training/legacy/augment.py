@@ -1,4 +1,4 @@
-"""Augmentation for radiographs and CT slices, on batches of model inputs in [0, 1].
+"""Augmentation of the legacy compact CNN's trainer, on batches of model inputs in [0, 1].
 
 Besides the usual small rotations, shifts, zoom and brightness/contrast, it targets the data
 set's shortcuts (see the data README): independent x/y zoom (aspect ratio differs by source),
@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import tensorflow as tf
+
+__all__ = ["AugmentConfig", "augment_batch", "seed_preset_config"]
 
 
 @dataclass(frozen=True)
