@@ -6,12 +6,14 @@ import os
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Run", "command_line", "cpu_count", "log", "machine", "versions"]
+__all__ = ["Run", "command_line", "cpu_count", "log", "machine", "start_run", "versions"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,19 @@ class Run:
     out_dir: Path
     command: str  # reproduces the run (:func:`command_line`)
     config: Path  # the configuration file read (``training/configs/<model>.toml``)
+
+
+def start_run(name: str, module: str, args: Any, argv: Sequence[str] | None) -> Run:
+    """The run a training command's parsed ``args`` (version, data, out, config) describe;
+    without ``--out`` it writes to ``runs/<name>/<UTC time>``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Run(
+        version=args.version,
+        data_dir=args.data,
+        out_dir=args.out or Path("runs") / name / stamp,
+        command=command_line(module, argv),
+        config=args.config,
+    )
 
 
 def command_line(module: str, argv: Sequence[str] | None) -> str:

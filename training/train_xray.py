@@ -37,7 +37,7 @@ from training import config
 from training.config import XrayConfig
 from training.data import DEFAULT_DATA_DIR, Record, read_manifest
 from training.evaluate import decide, evaluate, fit_temperature, softmax
-from training.provenance import Run, command_line
+from training.provenance import Run, start_run
 from training.xray_artefact import write_artefact
 from training.xray_head import (
     Fitted,
@@ -399,13 +399,7 @@ def parse_args(argv: list[str] | None) -> tuple[Run, XrayConfig, int | None]:
         covid_sensitivity=args.covid_sensitivity,
         seed=args.seed,
     )
-    run = Run(
-        version=args.version,
-        data_dir=args.data,
-        out_dir=args.out or Path("runs") / NAME / time.strftime("%Y%m%dT%H%M%S"),
-        command=command_line("training.train_xray", argv),
-        config=args.config,
-    )
+    run = start_run(NAME, "training.train_xray", args, argv)
     return run, cfg, args.limit_per_class
 
 

@@ -40,7 +40,7 @@ from dicom_node.pipelines.model_store import find_artefact
 from training import config, severity
 from training.config import SeverityConfig
 from training.data import DEFAULT_DATA_DIR, Record, read_manifest
-from training.provenance import Run, command_line
+from training.provenance import Run, start_run
 from training.severity_artefact import write_artefact
 from training.severity_features import Features, extract
 from training.xray_prep import prepare
@@ -229,13 +229,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Run, SeverityConfig, 
         repeats=args.repeats,
         seed=args.seed,
     )
-    run = Run(
-        version=args.version,
-        data_dir=args.data,
-        out_dir=args.out or Path("runs") / NAME / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
-        command=command_line("training.train_xray_severity", argv),
-        config=args.config,
-    )
+    run = start_run(NAME, "training.train_xray_severity", args, argv)
     return run, cfg, args.classifier_version
 
 
