@@ -13,6 +13,34 @@ from typing import Protocol
 
 import numpy as np
 
+__all__ = [
+    "BACKGROUND",
+    "CONSOLIDATION",
+    "FOCAL",
+    "GGO",
+    "LEFT_LUNG",
+    "NO_LESION",
+    "RIGHT_LUNG",
+    "SEVERITY_LEVEL_NAMES",
+    "XRAY_CLASSES",
+    "Box",
+    "CtAssessment",
+    "CtCategory",
+    "CtFeatures",
+    "CtFinding",
+    "FocalLesion",
+    "Heatmap",
+    "LungMeasurement",
+    "ModelInfo",
+    "NotAnalysedImage",
+    "OutputContext",
+    "Quantification",
+    "RegionScore",
+    "XrayFinding",
+    "XrayImageFinding",
+    "XraySeverity",
+]
+
 # -- model identity and output context ----------------------------------------------------------
 
 

@@ -28,6 +28,27 @@ from typing import Any, Union, cast, get_args, get_origin, get_type_hints
 
 from dicom_node.errors import ModelStoreError
 
+__all__ = [
+    "ARGMAX_RULE",
+    "Architecture",
+    "DataInfo",
+    "DecisionRule",
+    "EnsembleInfo",
+    "EnsembleMember",
+    "ExtraEvaluation",
+    "InputSpec",
+    "LungCropSpec",
+    "ModelCard",
+    "OodSpec",
+    "OperatingPoint",
+    "SeverityCard",
+    "SeverityFeatures",
+    "SeverityLevels",
+    "SeverityScore",
+    "Target",
+    "TrainingInfo",
+]
+
 ARGMAX_RULE = "label = argmax(p)"
 
 

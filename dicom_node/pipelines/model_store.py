@@ -24,6 +24,25 @@ from typing import Any, TypeVar
 from dicom_node.errors import ModelStoreError
 from dicom_node.pipelines.model_card import ModelCard, SeverityCard
 
+__all__ = [
+    "CARD_FILE",
+    "CHECKSUM_FILE",
+    "WEIGHTS_FILE",
+    "CardT",
+    "ModelArtefact",
+    "artefact_directory",
+    "artefact_versions",
+    "checksummed_files",
+    "default_models_dir",
+    "find_artefact",
+    "load_keras_model",
+    "read_card",
+    "read_severity_card",
+    "sha256_file",
+    "verify_checksums",
+    "write_checksums",
+]
+
 CardT = TypeVar("CardT")
 WEIGHTS_FILE = "model.keras"
 CARD_FILE = "model_card.json"

@@ -21,6 +21,17 @@ from PIL import Image
 
 from dicom_node.errors import GradCamError
 
+__all__ = [
+    "Box",
+    "CamResult",
+    "GradCam",
+    "hot_region",
+    "mass_inside",
+    "resample",
+    "resample_into",
+    "select_gradcam_layer",
+]
+
 
 def _spatial_shape(layer: Any) -> tuple[int, int] | None:
     """(height, width) of a layer's 4-D (NHWC) output, else None."""

@@ -25,6 +25,24 @@ from skimage import measure
 from dicom_node.pipelines.model_store import find_artefact, load_keras_model
 from dicom_node.pipelines.xray.preprocessing import mask_box, to_model_input
 
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MAX_AREA_FRACTION",
+    "MIN_AREA_FRACTION",
+    "MIN_CENTRE_DISTANCE",
+    "MIN_COMPONENT_FRACTION",
+    "MIN_CONFIDENCE",
+    "MIN_ROW_OVERLAP",
+    "MIN_SIZE_RATIO",
+    "MODEL_NAME",
+    "WORK_SIDE",
+    "LungFields",
+    "LungSegmenter",
+    "judge",
+    "lung_fields_from_probabilities",
+    "segmentation_input",
+]
+
 MODEL_NAME = "lung_segmentation"
 
 # Regions smaller than this fraction of the image are noise, not a lung.

@@ -31,6 +31,31 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from dicom_node.errors import PreprocessingError
 from dicom_node.pixels import LoadedImage as LoadedImage  # read_image's result
 
+__all__ = [
+    "DEFAULT_CENTRAL_MARGIN",
+    "DEFAULT_PERCENTILES",
+    "LUNG_CROP_MARGIN",
+    "LUNG_FADE_END",
+    "LUNG_FADE_START",
+    "REDUCING_GAP",
+    "LoadedImage",
+    "LungCrop",
+    "PreprocessingError",
+    "dataset_to_display",
+    "display_to_uint8",
+    "lung_crop_box",
+    "lung_crop_input",
+    "lung_fade",
+    "lung_weights",
+    "mask_box",
+    "pil_to_display",
+    "read_image",
+    "resize_mask",
+    "resize_square",
+    "robust_stretch",
+    "to_model_input",
+]
+
 # Robust intensity stretch: percentiles of the central part of the (resized) image, where the
 # chest is; the margins often hold frames, labels and collimation that should not set the scale.
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.0)

@@ -35,6 +35,17 @@ from dicom_node.pipelines.model_store import (
     read_severity_card,
 )
 
+__all__ = [
+    "BRIGHT",
+    "LUNG_STATISTICS",
+    "MODEL_NAME",
+    "SCORES",
+    "SeverityHead",
+    "lung_intensity_statistics",
+    "severity_level",
+    "severity_record",
+]
+
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "xray_severity"
