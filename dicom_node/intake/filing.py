@@ -12,6 +12,7 @@ Models run elsewhere (``worker``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -460,6 +461,7 @@ def _record_from(
 ) -> InstanceRecord:
     routing_fields = header_info(header)
     return InstanceRecord(
+        patient_key=patient_key(header),
         study_instance_uid=uids["StudyInstanceUID"],
         series_instance_uid=uids["SeriesInstanceUID"],
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -529,10 +531,32 @@ def _pixel_data_length(header: Dataset) -> int | None:
     return len(value) if value else 0
 
 
+def patient_key(header: Dataset) -> str:
+    """A one-way key of the patient identity: SHA-256 of IssuerOfPatientID and PatientID (an
+    absent or unreadable value counts as empty).  The job log keeps the key, never the values,
+    and compares it within a study; it is never logged."""
+    parts = []
+    for keyword in ("IssuerOfPatientID", "PatientID"):
+        try:
+            value = header.get(keyword)
+        except Exception:
+            value = None
+        parts.append(str(value).strip() if value else "")
+    text = "dicom-node patient\x1f" + "\x1f".join(parts)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 def _file(record: InstanceRecord, received: _Received, intake: Intake) -> RecordOutcome:
-    """Move the bytes into the inbox (durably), then record them; undo the move on failure."""
+    """Move the bytes into the inbox (durably), then record them; undo the move on failure.
+
+    A resend replaces the stored file: its patient is checked first, so a refusal never
+    leaves another patient's bytes in the place of the study's.  A resend filed in another
+    series removes the earlier file once its row points to the new one.
+    """
     target = Path(record.path)
     created = not target.exists()
+    if not created:
+        intake.joblog.check_patient(record)
     try:
         adopt_file(received.path, target, fsync=intake.settings.fsync)
     except OSError as exc:
@@ -540,7 +564,7 @@ def _file(record: InstanceRecord, received: _Received, intake: Intake) -> Record
             DicomStatus.OUT_OF_RESOURCES, f"writing to the inbox failed ({_kind(exc)})"
         ) from None
     try:
-        return intake.joblog.record_instance(record)
+        outcome = intake.joblog.record_instance(record)
     except (InstanceRejected, SQLAlchemyError) as exc:
         if created:  # put the bytes back, so the refusal can quarantine them
             adopt_file(target, received.path, fsync=False)
@@ -549,6 +573,17 @@ def _file(record: InstanceRecord, received: _Received, intake: Intake) -> Record
         raise InstanceRejected(
             DicomStatus.OUT_OF_RESOURCES, f"the job log is unavailable ({_kind(exc)})"
         ) from None
+    if outcome.replaced_path is not None:
+        _remove_replaced(Path(outcome.replaced_path))
+    return outcome
+
+
+def _remove_replaced(path: Path) -> None:
+    """The earlier file of a resend into another series: no row points to it any more."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.error("could not remove the replaced file %s: %s", path.name, _kind(exc))
 
 
 def _reject(received: _Received, intake: Intake, rejection: InstanceRejected) -> int:

@@ -15,27 +15,28 @@ from dicom_node.joblog.schema import Instance, Job, JobState, Rejection, Store, 
 # Built once: constructing a statement costs several times more than executing it, and this
 # runs on every C-STORE (measured: 2.5 ms per instance with statements built per call, see
 # bench/bench_scp.py).  Values are bound at execution.
-_STUDY_ID = select(Study.id).where(Study.study_instance_uid == bindparam("study_uid"))
+_STUDY = select(Study.id, Study.patient_key).where(
+    Study.study_instance_uid == bindparam("study_uid")
+)
 _NEW_STUDY = insert(Study).values(
     study_instance_uid=bindparam("study_uid"),
     first_received_at=bindparam("now"),
     last_received_at=bindparam("now"),
+    patient_key=bindparam("patient_key"),
 )
 _STUDY_SEEN = (
-    update(Study).where(Study.id == bindparam("study_id")).values(last_received_at=bindparam("now"))
+    update(Study)
+    .where(Study.id == bindparam("study_id"))
+    .values(last_received_at=bindparam("now"), patient_key=bindparam("patient_key"))
 )
-_INSTANCE = select(Instance.id, Instance.study_id).where(
+_INSTANCE = select(Instance.id, Instance.study_id, Instance.path).where(
     Instance.sop_instance_uid == bindparam("sop_uid")
 )
+# A resend replaces the instance: its file and everything recorded of it (series included).
 _RESENT = (
     update(Instance)
     .where(Instance.id == bindparam("instance_id"))
-    .values(
-        path=bindparam("path"),
-        size_bytes=bindparam("size_bytes"),
-        received_at=bindparam("now"),
-        transfer_syntax_uid=bindparam("transfer_syntax_uid"),
-    )
+    .values(received_at=bindparam("now"), **{name: bindparam(name) for name in INSTANCE_FIELDS})
 )
 _NEW_INSTANCE = insert(Instance).values(
     study_id=bindparam("study_id"),
@@ -98,14 +99,18 @@ class IntakeLog(Store):
         statements in one short transaction rather than the ORM's unit of work.
         """
         now = utcnow()
+        key = record.patient_key
         with self.engine.begin() as db:
-            study_id = db.scalar(_STUDY_ID, {"study_uid": record.study_instance_uid})
-            if study_id is None:
+            study = db.execute(_STUDY, {"study_uid": record.study_instance_uid}).first()
+            if study is None:
                 study_id = db.execute(
-                    _NEW_STUDY, {"study_uid": record.study_instance_uid, "now": now}
+                    _NEW_STUDY,
+                    {"study_uid": record.study_instance_uid, "now": now, "patient_key": key},
                 ).inserted_primary_key[0]  # type: ignore[index]
             else:
-                db.execute(_STUDY_SEEN, {"study_id": study_id, "now": now})
+                study_id = study.id
+                _check_patient(study.patient_key, key)
+                db.execute(_STUDY_SEEN, {"study_id": study_id, "now": now, "patient_key": key})
             found = db.execute(_INSTANCE, {"sop_uid": record.sop_instance_uid}).first()
             if found is not None and found.study_id != study_id:
                 raise InstanceRejected(
@@ -113,17 +118,9 @@ class IntakeLog(Store):
                     "SOP Instance UID is already filed in another study",
                 )
             duplicate = found is not None
+            replaced = found.path if found is not None and found.path != record.path else None
             if found is not None:
-                db.execute(
-                    _RESENT,
-                    {
-                        "instance_id": found.id,
-                        "path": record.path,
-                        "size_bytes": record.size_bytes,
-                        "now": now,
-                        "transfer_syntax_uid": record.transfer_syntax_uid,
-                    },
-                )
+                db.execute(_RESENT, {"instance_id": found.id, "now": now, **_fields(record)})
             else:
                 db.execute(_NEW_INSTANCE, {"study_id": study_id, "now": now, **_fields(record)})
             job = db.execute(_LAST_JOB, {"study_id": study_id}).first()
@@ -139,7 +136,7 @@ class IntakeLog(Store):
                     },
                 ).inserted_primary_key[0]  # type: ignore[index]
                 return RecordOutcome(
-                    job_id, record.study_instance_uid, record.modality, duplicate, True
+                    job_id, record.study_instance_uid, record.modality, duplicate, True, replaced
                 )
             gathering = job.state == JobState.RECEIVED
             if gathering:
@@ -148,8 +145,16 @@ class IntakeLog(Store):
                     {"job_id": job.id, "added": 0 if duplicate else 1, "now": now},
                 )
             return RecordOutcome(
-                job.id, record.study_instance_uid, job.modality, duplicate, gathering
+                job.id, record.study_instance_uid, job.modality, duplicate, gathering, replaced
             )
+
+    def check_patient(self, record: InstanceRecord) -> None:
+        """Refuse (``InstanceRejected``) an instance whose patient differs from its study's,
+        without writing: filing asks before it replaces a stored file."""
+        with self.engine.connect() as db:
+            study = db.execute(_STUDY, {"study_uid": record.study_instance_uid}).first()
+        if study is not None:
+            _check_patient(study.patient_key, record.patient_key)
 
     def filed_paths(self) -> set[str]:
         """Every instance file the job log knows (start-up reconciliation with the inbox)."""
@@ -178,6 +183,17 @@ class IntakeLog(Store):
                     quarantine_path=quarantine_path,
                 )
             )
+
+
+def _check_patient(study_key: str | None, key: str) -> None:
+    """One study, one patient: a study's instances must name the same patient (PatientID and
+    its issuer) as the one it was opened with; a study filed before keys existed takes the first
+    key it sees."""
+    if study_key is not None and study_key != key:
+        raise InstanceRejected(
+            DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "the patient (PatientID and its issuer) differs from the study's earlier instances",
+        )
 
 
 def _fields(record: InstanceRecord) -> dict[str, Any]:

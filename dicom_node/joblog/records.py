@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -24,6 +24,9 @@ class InstanceRecord:
     calling_ae: str
     path: str
     size_bytes: int
+    # A one-way key of the patient identity (PatientID and its issuer), never the values: one
+    # study must hold one patient (``filing.patient_key``).  Stored per study, not per instance.
+    patient_key: str = field(default="", kw_only=True)
 
 
 # The columns of ``schema.Instance`` that an ``InstanceRecord`` carries (all but the study UID).
@@ -51,6 +54,8 @@ class RecordOutcome:
     duplicate: bool
     # True while the job gathers instances: the quiet timer must be (re)armed.
     gathering: bool
+    # A resend filed under another path (another series): the earlier file, to remove.
+    replaced_path: str | None = None
 
 
 @dataclass(frozen=True)

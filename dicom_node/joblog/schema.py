@@ -99,6 +99,8 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The first instance's patient key (``InstanceRecord.patient_key``): later instances must match.
+    patient_key: Mapped[str | None] = mapped_column(String(64))
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.version")
 
