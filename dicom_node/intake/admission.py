@@ -473,6 +473,14 @@ class GuardedServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
     gate: Gate
+    # How long ``shutdown`` waits for connection threads to finish their last log lines and
+    # job-log writes (a connection still transferring is not waited for longer).
+    shutdown_join_seconds = 2.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._connections: set[threading.Thread] = set()
+        self._connections_lock = threading.Lock()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         # Accept only: the TLS handshake runs on the connection's own thread, under a deadline.
@@ -485,15 +493,29 @@ class GuardedServer(ThreadedAssociationServer):
         super().process_request(request, client_address)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        current = threading.current_thread()
+        with self._connections_lock:
+            self._connections.add(current)
         try:
             self.gate.serve(self, request, client_address)
         except Exception:
             log.exception("connection from %s failed", client_address)
             _close(request)
+        finally:
+            with self._connections_lock:
+                self._connections.discard(current)
 
     def shutdown(self) -> None:
+        """Stop accepting, drop waiting connections, then give the connection threads a moment
+        to finish: a thread that ended its association after the server stopped would otherwise
+        log (and write the job log) after its owner, a test or the node, had closed both."""
         super().shutdown()
         self.gate.close_waiting()
+        deadline = time.monotonic() + self.shutdown_join_seconds
+        with self._connections_lock:
+            running = [t for t in self._connections if t is not threading.current_thread()]
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def resolve_ae_hosts(settings: AdmissionSettings) -> dict[str, frozenset[str]]:

@@ -134,3 +134,32 @@ def test_computed_radiography_context_accepts_compressed_syntaxes(scp: RunningSc
     assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
     assert [c.transfer_syntax[0] for c in assoc.accepted_contexts] == [JPEG2000Lossless]
     assoc.release()
+
+
+def test_shutdown_waits_for_connection_threads_so_none_logs_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection thread ending its association after the server stopped used to log (and
+    write the job log) once the test, or the node, had closed both.  The end of each
+    association is slowed here so that the race is always lost without the wait."""
+    import threading
+    import time
+
+    from dicom_node.intake.admission import Gate
+
+    detach = Gate.detach
+    ended: list[str] = []
+
+    def slow_detach(self: Gate, assoc: object) -> None:
+        time.sleep(0.5)
+        detach(self, assoc)  # type: ignore[arg-type]
+        ended.append(threading.current_thread().name)
+
+    monkeypatch.setattr(Gate, "detach", slow_detach)
+    running = start_scp_in_process(tmp_path)
+    scp = next(running)
+    assert echo(scp) == 0x0000
+    next(running, None)  # the fixture's shutdown
+    assert len(ended) == 1  # the association's last words came before shutdown returned
+    left = [t.name for t in threading.enumerate() if "process_request_thread" in t.name]
+    assert left == []
