@@ -203,6 +203,7 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
     * ``0xA900`` Data Set Does Not Match SOP Class: a UID that filing needs is missing or
       invalid; the SOP Instance UID differs from the request's or is already filed in another
       study (a UID names one instance of one study: a second study never takes it over);
+      the patient (PatientID and its issuer) differs from the study's earlier instances;
       group 0002 (File Meta) elements inside the data set; Pixel Data missing or empty; an
       incomplete image pixel description.
     * ``0xC000`` Cannot Understand: the header cannot be parsed (the step is named), native

@@ -237,9 +237,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
         """For files already read (``classify``); never raises for an unanalysable image (they
         are in ``refused``).  PNG/JPEG have no SOP Instance UID."""
         decoded = [
-            _Decoded(position, str(image.dataset.get("SOPInstanceUID", "")), image.display)
-            if image.dataset
-            else _Decoded(position, "", image.display)
+            _Decoded(position, _sop_uid(image.dataset), image.display)
             for position, image in enumerate(images)
         ]
         return self._prepare(decoded, [])
@@ -405,25 +403,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             "probabilities": {k: round(v, 4) for k, v in best.probabilities.items()},
             "triage_suspicion": best.triage_suspicion,
             **severity_record(best.severity),
-            "images": [
-                {
-                    "sop_instance_uid": f.source_sop_instance_uid,
-                    "label": f.label,
-                    "probabilities": {k: round(v, 4) for k, v in f.probabilities.items()},
-                    "triage_suspicion": f.triage_suspicion,
-                    **severity_record(f.severity),
-                    **(
-                        {"heat_in_lungs": round(f.heat_in_lungs, 4)}
-                        if f.heat_in_lungs is not None
-                        else {}
-                    ),
-                }
-                for f in finding.images
-            ]
-            + [
-                {"sop_instance_uid": n.source_sop_instance_uid, "not_analysable": n.reason}
-                for n in finding.not_analysed
-            ],
+            "images": _image_summaries(finding),
         }
 
     def describe(self, finding: XrayFinding) -> dict[str, Any]:
@@ -441,7 +421,7 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             else [lung_box[2], lung_box[0], lung_box[3], lung_box[1]],
             "heat_in_lungs": None if best.heat_in_lungs is None else round(best.heat_in_lungs, 4),
             **severity_record(best.severity),
-            "images": self.summarise(finding)["images"],
+            "images": _image_summaries(finding),
         }
 
     def heatmaps(self, finding: XrayFinding) -> Sequence[Heatmap]:
@@ -455,6 +435,30 @@ class XrayPipeline(Pipeline[PreparedXray, gradcam.CamResult, XrayFinding]):
             else outcome.reason
             for outcome in self.analyse_images(images)
         ]
+
+
+def _image_summaries(finding: XrayFinding) -> list[dict[str, Any]]:
+    """Each image's label, probabilities and severity; each refused image's reason."""
+    analysed = [
+        {
+            "sop_instance_uid": f.source_sop_instance_uid,
+            "label": f.label,
+            "probabilities": {k: round(v, 4) for k, v in f.probabilities.items()},
+            "triage_suspicion": f.triage_suspicion,
+            **severity_record(f.severity),
+            **({"heat_in_lungs": round(f.heat_in_lungs, 4)} if f.heat_in_lungs is not None else {}),
+        }
+        for f in finding.images
+    ]
+    refused = [
+        {"sop_instance_uid": n.source_sop_instance_uid, "not_analysable": n.reason}
+        for n in finding.not_analysed
+    ]
+    return analysed + refused
+
+
+def _sop_uid(dataset: Dataset | None) -> str:
+    return str(dataset.get("SOPInstanceUID", "")) if dataset else ""
 
 
 def _decode(ds: Dataset) -> np.ndarray | str:
