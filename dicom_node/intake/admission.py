@@ -38,6 +38,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 from pynetdicom import evt
@@ -460,11 +461,14 @@ class PreparedHandler(RequestHandler):
     def _prepared_association(self, prepared: _Prepared) -> Association:
         # pynetdicom's own construction, with our association (it answers malformed
         # C-STORE-RQs) and our socket.
-        return pynetdicom_adapter.build_acceptor_association(
+        assoc = pynetdicom_adapter.build_acceptor_association(
             self,
             NodeAssociation,
             lambda assoc: _PrefetchedSocket(assoc, prepared.stream, prepared.request),
         )
+        if self.server.receive_directory is not None:
+            pynetdicom_adapter.receive_into(assoc, self.server.receive_directory)
+        return assoc
 
 
 class GuardedServer(ThreadedAssociationServer):
@@ -473,6 +477,9 @@ class GuardedServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
     gate: Gate
+    # Where received data sets are written as they arrive (the node's data directory, never
+    # the system temporary directory); None: pynetdicom's default.
+    receive_directory: Path | None = None
     # How long ``shutdown`` waits for connection threads to finish their last log lines and
     # job-log writes (a connection still transferring is not waited for longer).
     shutdown_join_seconds = 2.0

@@ -12,6 +12,7 @@ Models run elsewhere (``worker``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -164,6 +165,17 @@ class NodeAssociation(pynetdicom_adapter.InterceptingAssociation):
             self._refuse_invalid_store(msg, context_id)
             return True
         return False
+
+    def association_ended(self) -> None:
+        # A data set cut off by an abort or a dropped connection, or received but never served,
+        # would otherwise stay on disk with the patient's data in it.
+        removed = 0
+        for path in pynetdicom_adapter.unfinished_files(self):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        if removed:
+            log.info("removed %d unfinished received data set(s) of an ended association", removed)
 
     def _refuse_invalid_store(self, msg: C_STORE, context_id: int) -> None:
         reason = "C-STORE request without an Affected SOP Instance UID or SOP Class UID"

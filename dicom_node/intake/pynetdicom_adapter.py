@@ -44,6 +44,16 @@ The touch points (the private name, what we need it for):
 10. An attribute of ours on the association, ``_dicom_node_released`` (``mark_released``,
     ``was_released``): the association ended by release, so its connection's close is not
     reported again as an abort.  pynetdicom must not define that name.
+11. ``pynetdicom.dimse_messages.NamedTemporaryFile`` (the module global replaced;
+    ``receive_into``): ``DIMSEMessage.decode_msg`` opens each received data set's temporary
+    file with it, in the system temporary directory.  The replacement opens it in the directory
+    set on the association whose DUL thread is decoding (``DULServiceProvider.assoc``), so a
+    patient's data lives only in the node's data directory; other associations in the process
+    keep pynetdicom's default.
+12. ``DIMSEServiceProvider.message`` (the message being received; its ``_data_set_file``) and
+    ``msg_queue`` (read; ``unfinished_files``): at the end of an association, the temporary
+    file of a data set cut off by an abort or a dropped connection, and those of requests
+    received but never served, are ours to remove (pynetdicom leaves them).
 """
 
 from __future__ import annotations
@@ -78,6 +88,8 @@ TESTED_VERSION = "3.0.4"
 
 _MARK = "_dicom_node"  # on our replacement of create_file_meta: installed once
 _RELEASED = "_dicom_node_released"  # on an association (touch point 10)
+_RECEIVE_DIRECTORY = "_dicom_node_receive_directory"  # on an association (touch point 11)
+RECEIVING_PREFIX = ".tmp-dimse-"  # with ".part": storage.remove_partial_files sweeps them
 
 A = TypeVar("A", bound=Association)
 
@@ -107,6 +119,51 @@ def tolerate_empty_meta_uids(placeholder: str) -> None:
     setattr(dimse_messages, "create_file_meta", tolerant)  # noqa: B010
 
 
+def receive_into(assoc: Association, directory: Path) -> None:
+    """Touch point 11: ``assoc``'s received data sets are written under ``directory``."""
+    _install_temporary_file()
+    setattr(assoc, _RECEIVE_DIRECTORY, directory)
+
+
+def _install_temporary_file() -> None:
+    original: Any = getattr(dimse_messages, "NamedTemporaryFile")  # noqa: B009
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def in_receive_directory(*args: Any, **kwargs: Any) -> Any:
+        assoc = getattr(threading.current_thread(), "assoc", None)
+        directory = getattr(assoc, _RECEIVE_DIRECTORY, None)
+        if isinstance(directory, Path):
+            kwargs.update(dir=directory, prefix=RECEIVING_PREFIX, suffix=".part")
+        return original(*args, **kwargs)
+
+    setattr(in_receive_directory, _MARK, True)
+    setattr(dimse_messages, "NamedTemporaryFile", in_receive_directory)  # noqa: B010
+
+
+def unfinished_files(assoc: Association) -> list[Path]:
+    """Touch point 12: the temporary files of data sets ``assoc`` received in part, or whole
+    but never served; call once the association's threads have stopped."""
+    files: list[Path] = []
+    dimse = assoc.dimse
+    message = getattr(dimse, "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        partial.close()
+        files.append(Path(partial.name))
+    while True:
+        try:
+            _, primitive = dimse.msg_queue.get_nowait()
+        except queue.Empty:
+            break
+        if isinstance(primitive, C_STORE):
+            path = received_file(primitive)
+            if path is not None:
+                files.append(path)
+    return files
+
+
 # -- 3, 4, 5: the acceptor association ---------------------------------------------------------
 
 
@@ -122,6 +179,15 @@ class InterceptingAssociation(Association):
         if self.intercept_request(msg, context_id):
             return
         super()._serve_request(msg, context_id)
+
+    def association_ended(self) -> None:
+        """Called on the association's thread once its reactor (and its DUL) stopped."""
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self.association_ended()
 
 
 def received_file(msg: C_STORE) -> Path | None:
@@ -308,6 +374,24 @@ def _check_dataset_path() -> str | None:
     return _uses(dimse_messages.DIMSEMessage.message_to_primitive, "_dataset_path")
 
 
+def _check_temporary_file() -> str | None:
+    if not callable(getattr(dimse_messages, "NamedTemporaryFile", None)):
+        return "pynetdicom.dimse_messages.NamedTemporaryFile is gone"
+    if getattr(DULServiceProvider, "assoc", None) is None:
+        return "DULServiceProvider.assoc is gone"
+    return _uses(dimse_messages.DIMSEMessage.decode_msg, "NamedTemporaryFile", "_data_set_file")
+
+
+def _check_unfinished_message() -> str | None:
+    dimse = _fresh_association().dimse
+    if not hasattr(dimse, "message") or not isinstance(dimse.msg_queue, queue.Queue):
+        return "DIMSEServiceProvider.message or msg_queue is gone"
+    return _first(
+        _uses(DIMSEServiceProvider.receive_primitive, "message", "msg_queue"),
+        _uses(Association.run_reactor, "_run_reactor"),
+    )
+
+
 def _check_get_msg() -> str | None:
     if _parameters(DIMSEServiceProvider.get_msg) != ["self", "block"]:
         return f"DIMSEServiceProvider.get_msg{inspect.signature(DIMSEServiceProvider.get_msg)}"
@@ -424,6 +508,8 @@ ASSUMPTIONS: tuple[Assumption, ...] = (
     Assumption("8 RequestHandler._create_association", _check_create_association),
     Assumption("9 AE._servers", _check_servers),
     Assumption("10 Association._dicom_node_released", _check_released_mark),
+    Assumption("11 dimse_messages.NamedTemporaryFile", _check_temporary_file),
+    Assumption("12 DIMSEServiceProvider.message, msg_queue", _check_unfinished_message),
 )
 
 

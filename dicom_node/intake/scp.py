@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Protocol, cast
 
 from pydicom.uid import (
@@ -102,6 +103,8 @@ class ScpSettings(AdmissionSettings, Protocol):
     def host(self) -> str: ...
     @property
     def max_pdu_bytes(self) -> int: ...
+    @property
+    def data_dir(self) -> Path: ...
 
 
 def build_ae(settings: ScpSettings) -> AE:
@@ -154,6 +157,7 @@ def start_scp(settings: ScpSettings, intake: Intake, gate: Gate | None = None) -
         ),
     )
     server.gate = gate
+    server.receive_directory = settings.data_dir
     thread = threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True)
     thread.start()
     # What ae.start_server does too: the server's shutdown() removes itself from this list.

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import tempfile
+import time
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
     MRImageStorage,
@@ -163,3 +171,57 @@ def test_shutdown_waits_for_connection_threads_so_none_logs_after_it(
     assert len(ended) == 1  # the association's last words came before shutdown returned
     left = [t.name for t in threading.enumerate() if "process_request_thread" in t.name]
     assert left == []
+
+
+def _send_part_of_a_store(assoc: Any, dataset: pydicom.Dataset, fragments: int) -> None:
+    """The C-STORE-RQ command and the first ``fragments`` P-DATA of its data set, no more:
+    a modality cut off mid-transfer."""
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = dataset.SOPClassUID
+    request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    request.Priority = 2
+    request.DataSet = BytesIO(encode(dataset, True, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    context_id = assoc.accepted_contexts[0].context_id
+    for _, pdata in zip(range(fragments + 1), message.encode_msg(context_id, 16_000), strict=False):
+        assoc.dul.send_pdu(pdata)
+
+
+@pytest.mark.parametrize("end", ["abort", "drop"])
+def test_a_transfer_cut_off_leaves_no_received_data_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    running = start_scp_in_process(tmp_path)
+    scp = next(running)
+    try:
+        dataset = small_cr(512, 512)
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(ComputedRadiographyImageStorage, ImplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+        assert assoc.is_established
+        _send_part_of_a_store(assoc, dataset, fragments=4)
+        receiving = scp.settings.data_dir.glob(".tmp-dimse-*.part")
+        deadline = time.monotonic() + 20
+        while not (partial := list(receiving)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            receiving = scp.settings.data_dir.glob(".tmp-dimse-*.part")
+        # Received data is written in the node's data directory, never the system's.
+        assert len(partial) == 1 and list(system_tmp.iterdir()) == []
+        if end == "abort":
+            assoc.abort()
+        else:  # the modality's connection drops without an A-ABORT
+            assoc.dul.socket.close()
+            assoc.kill()
+        while partial[0].exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not partial[0].exists()
+        assert list(system_tmp.iterdir()) == []
+        assert scp.joblog.intake.filed_paths() == set() and scp.armed == []
+        assert echo(scp) == 0x0000  # the node keeps serving
+    finally:
+        next(running, None)
