@@ -12,6 +12,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# Modality label values (PS3.3 C.7.3.1.1.1, the ones a node on a radiology network meets);
+# any other value a data set carries is counted as "other", so a sender cannot grow the
+# metric's label set (and the scrape) without bound.
+MODALITY_LABELS = frozenset(
+    "CR DX CT MR US NM PT MG XA RF RG OT SC SR SEG KO PR DOC IO PX ES XC".split()  # noqa: SIM905
+)
+
 _SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
@@ -26,6 +33,14 @@ class _JobStateCollector(Collector):
         for state, count in self._counts().items():
             family.add_metric([state], count)
         yield family
+
+
+def modality_label(modality: str | None) -> str:
+    """The ``modality`` label for a data set's Modality: a known code, "unknown" or "other"."""
+    value = (modality or "").strip().upper()
+    if not value:
+        return "unknown"
+    return value if value in MODALITY_LABELS else "other"
 
 
 class Metrics:

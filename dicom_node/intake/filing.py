@@ -30,7 +30,7 @@ from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.admin.metrics import Metrics
+from dicom_node.admin.metrics import Metrics, modality_label
 from dicom_node.errors import DicomStatus, InstanceRejected
 from dicom_node.intake import pynetdicom_adapter
 from dicom_node.joblog import IntakeLog
@@ -302,7 +302,7 @@ def file_received(received: _Received, intake: Intake) -> FilingOutcome:
         log.exception("unexpected error while storing an instance from %s", received.calling_ae)
         internal = InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error")
         return FilingOutcome(_reject(received, intake, internal), internal.reason)
-    intake.metrics.received.labels(modality=clean(record.modality or "unknown", 16)).inc()
+    intake.metrics.received.labels(modality=modality_label(record.modality)).inc()
     log.info(
         "stored %s instance %s of study %s from %s%s",
         clean(record.modality),

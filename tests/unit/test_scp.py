@@ -225,3 +225,21 @@ def test_a_transfer_cut_off_leaves_no_received_data_anywhere(
         assert echo(scp) == 0x0000  # the node keeps serving
     finally:
         next(running, None)
+
+
+def test_metric_labels_are_bounded_whatever_modality_the_data_sets_carry(
+    scp: RunningScp,
+) -> None:
+    for index in range(40):
+        dataset = small_cr()
+        dataset.Modality = f"Z{index:02d}"
+        send(scp, dataset)
+    send(scp, small_cr())
+    exposed = {
+        sample.labels["modality"]: sample.value
+        for family in scp.metrics.registry.collect()
+        if family.name == "dicom_node_received_instances"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert exposed == {"other": 40, "CR": 1}
