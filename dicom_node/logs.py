@@ -8,14 +8,20 @@ of defence every record is flattened to one line of at most ``MAX_LINE`` charact
 pynetdicom's debug output can dump whole datasets, so it (and highdicom's chatter) is kept at
 WARNING unless the admin sets ``log_patient_data`` together with ``log_level = DEBUG``.
 pydicom's warnings quote attribute values (a malformed PatientName, say), so they are kept
-out of the operational log.
+out of the operational log.  pynetdicom's warnings quote values from the request too (an
+invalid Affected SOP Instance UID can carry anything, a patient ID included) and its errors
+come with tracebacks: :class:`LibraryRecordFilter` shows a quoted value only when it is a
+valid UID (else its length) and replaces a traceback by the exception's type.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
+
+from pydicom.uid import UID
 
 MAX_LINE = 4096
 
@@ -52,6 +58,43 @@ def escape_controls(text: str) -> str:
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
+def loggable_uid(value: object) -> str:
+    """A UID from the wire as a log line may show it: the UID itself when it is a valid one;
+    otherwise only its length (an invalid UID field can carry anything, a patient ID say)."""
+    text = "" if value is None else str(value)
+    if text and len(text) <= 64 and UID(text).is_valid:
+        return text
+    return f"<not a UID, {len(text)} chars>"
+
+
+# A single-quoted text in a library's message; followed by " value" it names a field
+# ("Invalid 'Affected SOP Instance UID' value '...'") and is kept.
+_QUOTED = re.compile(r"'([^']*)'( value\b)?")
+LIBRARY_LOGGERS = ("pynetdicom",)
+
+
+def _shown(match: re.Match[str]) -> str:
+    if match.group(2):
+        return match.group(0)
+    return f"'{loggable_uid(match.group(1))}'"
+
+
+class LibraryRecordFilter(logging.Filter):
+    """For records of the libraries that see the wire (pynetdicom): quoted values shown only
+    when they are valid UIDs, and no traceback (its frames can quote request values); the
+    exception's type is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(LIBRARY_LOGGERS):
+            return True
+        message = _QUOTED.sub(_shown, record.getMessage())
+        if record.exc_info and record.exc_info[0] is not None:
+            message = f"{message} ({record.exc_info[0].__name__})"
+        record.msg, record.args = message, None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 class OneLineFilter(logging.Filter):
     """Escape control characters in messages (line breaks, terminal escapes) and cut
     overlong ones; tracebacks stay as they are."""
@@ -73,9 +116,11 @@ def configure_logging(level: str = "INFO", allow_patient_data: bool = False) -> 
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(OneLineFilter())
     verbose = allow_patient_data and level.upper() == "DEBUG"
+    for handler in logging.getLogger().handlers:
+        if not verbose:
+            handler.addFilter(LibraryRecordFilter())
+        handler.addFilter(OneLineFilter())
     noisy = "DEBUG" if verbose else "WARNING"
     for name in ("pynetdicom", "highdicom", "apscheduler", "tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(noisy)

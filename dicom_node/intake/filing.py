@@ -35,7 +35,7 @@ from dicom_node.errors import DicomStatus, InstanceRejected
 from dicom_node.intake import pynetdicom_adapter
 from dicom_node.joblog import IntakeLog
 from dicom_node.joblog.records import InstanceRecord, RecordOutcome
-from dicom_node.logs import clean
+from dicom_node.logs import clean, loggable_uid
 from dicom_node.routing import header_info
 from dicom_node.storage import adopt_file, free_disk_mb, inbox_path, is_safe_uid
 
@@ -631,7 +631,7 @@ def _reject(received: _Received, intake: Intake, rejection: InstanceRejected) ->
     intake.metrics.rejected.labels(reason=_reason_label(status)).inc()
     log.warning(
         "refused instance %s from %s: %s (status 0x%04X)",
-        sop_uid or clean(received.sop_uid) or "?",
+        sop_uid or loggable_uid(received.sop_uid),
         received.calling_ae,
         rejection.reason,
         status,

@@ -571,7 +571,8 @@ def _long_uid(rng: random.Random) -> str:
 def _uid_malformed(ctx: Ctx) -> None:
     rng = ctx.rng
     keyword = rng.choice(["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
-    bad = rng.choice([*BAD_UIDS, _long_uid(rng)])
+    # A patient ID where a UID belongs: it must reach no log line (the node's or pynetdicom's).
+    bad = rng.choice([*BAD_UIDS, _long_uid(rng), ctx.case.patient_id])
     where = rng.choice(["dataset", "both", "request"]) if keyword == "SOPInstanceUID" else "dataset"
     ctx.case.detail = f"{keyword}={bad!r} in {where}"
     target = ctx.datasets[ctx.target]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import io
 import logging
 import sqlite3
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pydicom
@@ -18,7 +20,9 @@ from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
+from tests.support.dicom_client import StoreSession
 from tests.support.factories import small_cr
+from tests.support.mutations import dataset_item
 from tests.support.scp import RunningScp, echo, send, start_scp_in_process
 
 
@@ -204,3 +208,58 @@ def test_inbox_files_without_a_row_are_recorded_again_at_start(tmp_path: Path) -
     assert len(joblog.intake.filed_paths()) == 2
     assert sorted(r.state for r in joblog.admin.job_rows()) == ["received", "received"]
     joblog.close()
+
+
+def test_a_patient_id_in_the_request_uid_reaches_no_log_line_nor_traceback(
+    scp: RunningScp, caplog: pytest.LogCaptureFixture
+) -> None:
+    from dicom_node.logs import LibraryRecordFilter, OneLineFilter
+
+    caplog.handler.addFilter(LibraryRecordFilter())
+    caplog.handler.addFilter(OneLineFilter())
+    caplog.set_level(logging.INFO, logger="dicom_node")
+    caplog.set_level(logging.WARNING, logger="pynetdicom")
+    planted = "ZQXID00042"
+    item = replace(dataset_item(small_cr()), affected_sop_instance=planted)
+    with StoreSession("127.0.0.1", scp.settings.port, calling_ae="MODALITY") as session:
+        session.store(item)
+    assert echo(scp) == 0x0000  # the node keeps serving
+    library = [r for r in caplog.records if r.name.startswith("pynetdicom")]
+    assert any("<not a UID, 10 chars>" in r.getMessage() for r in library), library
+    # pydicom's own logger is silenced by configure_logging (it quotes values by design).
+    ours = [r for r in caplog.records if r.name.startswith(("dicom_node", "pynetdicom"))]
+    logged = "\n".join(caplog.handler.format(r) for r in ours)
+    assert planted not in logged and "Traceback" not in logged, logged
+
+
+def test_library_tracebacks_become_the_exception_type_and_quoted_values_their_length() -> None:
+    from dicom_node.logs import LibraryRecordFilter
+
+    try:
+        raise ValueError("Invalid 'Affected SOP Instance UID' value 'ZQXID00042'")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "pynetdicom.dimse",
+        logging.ERROR,
+        __file__,
+        1,
+        "Received an invalid DIMSE message",
+        None,
+        exc_info,
+    )
+    assert LibraryRecordFilter().filter(record)
+    assert logging.Formatter().format(record) == ("Received an invalid DIMSE message (ValueError)")
+    warning = logging.LogRecord(
+        "pynetdicom.utils",
+        logging.WARNING,
+        __file__,
+        1,
+        "Non-conformant 'Affected SOP Instance UID' value '%s' (UID %s)",
+        ("ZQXID00042", "1.2.3"),
+        None,
+    )
+    LibraryRecordFilter().filter(warning)
+    assert warning.getMessage() == (
+        "Non-conformant 'Affected SOP Instance UID' value '<not a UID, 10 chars>' (UID 1.2.3)"
+    )
