@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from io import BytesIO
 from types import TracebackType
+from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE
@@ -152,6 +153,23 @@ class StoreSession:
         if status is None:
             return StoreOutcome("invalid-response", None, seconds)
         return StoreOutcome(status_category(int(status)), int(status), seconds)
+
+
+def rejection_left_unread(assoc: Association) -> Any:
+    """The A-ASSOCIATE-RJ that pynetdicom 3.0's requestor received but did not read, or None.
+
+    Its ACSE checks ``socket._is_connected`` after sending the request; when our rejection
+    arrives fast and the requestor's thread is slow to get there (a loaded machine, or the
+    node's threads in the same process holding the GIL), its DUL thread has already read the
+    A-ASSOCIATE-RJ and closed the socket, and the requestor reports an abort.  The RJ then sits
+    unread in the DUL's queue; this marks the association rejected, as it was."""
+    if assoc.is_established or assoc.is_rejected:
+        return None
+    while (primitive := assoc.dul.receive_pdu(wait=False)) is not None:
+        if getattr(primitive, "result", None) in (0x01, 0x02):
+            assoc.is_rejected, assoc.is_aborted = True, False
+            return primitive
+    return None
 
 
 def _no_delay(assoc: Association) -> None:

@@ -24,6 +24,7 @@ from dicom_node.config import Settings
 from dicom_node.intake.filing import Intake
 from dicom_node.intake.scp import start_scp
 from dicom_node.joblog import JobLog
+from tests.support.dicom_client import rejection_left_unread
 from tests.support.net import free_port
 
 
@@ -97,6 +98,9 @@ def associate(
         evt_handlers=[(evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
         tls_args=(tls, "127.0.0.1") if tls is not None else None,
     )
+    unread = rejection_left_unread(assoc)
+    if unread is not None:
+        answers.append(unread)
     reject = None
     for primitive in answers:
         if getattr(primitive, "result", None) not in (None, 0):

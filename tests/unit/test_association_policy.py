@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicom_node.config import Settings
 from dicom_node.errors import ConfigError
 from dicom_node.intake.admission import Gate
+from tests.support.dicom_client import rejection_left_unread
 from tests.support.factories import small_cr
 from tests.support.gate import (
     Node,
@@ -143,6 +144,7 @@ def test_called_ae_mismatch_is_refused(node: Node) -> None:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", node.settings.port, ae_title="SOMEONE")
+    rejection_left_unread(assoc)
     assert assoc.is_rejected
 
 

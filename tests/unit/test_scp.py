@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from tests.support.dicom_client import rejection_left_unread
 from tests.support.factories import small_cr
 from tests.support.scp import RunningScp, echo, send, start_scp_in_process
 
@@ -63,6 +64,7 @@ def test_unknown_calling_ae_is_refused_at_association(scp: RunningScp) -> None:
     ae = AE(ae_title="INTRUDER")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title=scp.settings.ae_title)
+    rejection_left_unread(assoc)
     assert assoc.is_rejected
     assert echo(scp) == 0x0000  # still serving
 
@@ -71,6 +73,7 @@ def test_wrong_called_ae_is_refused(scp: RunningScp) -> None:
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", scp.settings.port, ae_title="SOMEONEELSE")
+    rejection_left_unread(assoc)
     assert assoc.is_rejected
 
 
