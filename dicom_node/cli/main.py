@@ -47,55 +47,81 @@ _TLS_HELP = (
 )
 
 
+class UsageError(Exception):
+    """A user's mistake on the command line: one line on stderr, exit status 2."""
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    parser.add_argument("--config", type=Path, default=default, help="TOML settings file")
+    parser.add_argument(
+        "--data-dir", default=default, help="inbox, outbox and job log (DICOM_NODE_DATA_DIR)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dicom-node",
         description=f"An AI modality on the DICOM network. {RESEARCH_NOTICE}.",
     )
     parser.add_argument("--version", action="version", version=f"dicom-node {__version__}")
-    parser.add_argument("--config", type=Path, help="TOML settings file")
-    parser.add_argument("--data-dir", help="inbox, outbox and job log (DICOM_NODE_DATA_DIR)")
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
+    # --config and --data-dir work after the command too (``jobs --data-dir X``); SUPPRESS
+    # keeps a subcommand from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, argparse.SUPPRESS)
 
-    serve = sub.add_parser("serve", help="run the node (SCP, worker, sender, admin HTTP)")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run the node (SCP, worker, sender, admin HTTP)"
+    )
     for field, flag in _SERVE_FLAGS.items():
         serve.add_argument(flag, dest=field, help=f"overrides DICOM_NODE_{field.upper()}")
 
-    echo = sub.add_parser("echo", help="C-ECHO a DICOM peer (default: this node)")
+    echo = sub.add_parser("echo", parents=[common], help="C-ECHO a DICOM peer (default: this node)")
     echo.add_argument("--to", help="AE@host:port")
     echo.add_argument("--aet", help="calling AE title (default: the node's AE title)")
     echo.add_argument("--tls", action=argparse.BooleanOptionalAction, help=_TLS_HELP)
 
-    send = sub.add_parser("send", help="C-STORE files to a DICOM peer (default: this node)")
+    send = sub.add_parser(
+        "send", parents=[common], help="C-STORE files to a DICOM peer (default: this node)"
+    )
     send.add_argument("files", nargs="+", type=Path)
     send.add_argument("--to", help="AE@host:port")
     send.add_argument("--aet", help="calling AE title (default: the node's AE title)")
     send.add_argument("--tls", action=argparse.BooleanOptionalAction, help=_TLS_HELP)
 
-    jobs = sub.add_parser("jobs", help="show the job log")
+    jobs = sub.add_parser("jobs", parents=[common], help="show the job log")
     jobs.add_argument("--follow", "-f", action="store_true", help="keep printing changes")
     jobs.add_argument("--json", action="store_true", help="one JSON object per line")
     jobs.add_argument("--limit", "-n", type=int, default=50, help="last N rows (default 50)")
     jobs.add_argument("--interval", type=float, default=1.0, help="poll seconds with --follow")
 
-    requeue = sub.add_parser("requeue", help="re-run failed or dead jobs")
+    requeue = sub.add_parser("requeue", parents=[common], help="re-run failed or dead jobs")
     requeue.add_argument("job_ids", nargs="*", type=int, help="job ids (default: all)")
     requeue.add_argument(
         "--state", action="append", choices=["failed", "dead"], help="only jobs in this state"
     )
 
-    classify = sub.add_parser("classify", help="classify DICOM/PNG/JPEG files ad hoc")
+    classify = sub.add_parser(
+        "classify", parents=[common], help="classify DICOM/PNG/JPEG files ad hoc"
+    )
     classify.add_argument("paths", nargs="+", type=Path, help="files; a directory = one series")
     classify.add_argument("--pipeline", choices=["xray", "ct"], help="default: guessed")
     classify.add_argument("--json", action="store_true", help="one JSON object per input")
     classify.add_argument("--heatmap-dir", type=Path, help="write heatmap PNGs here")
 
-    sub.add_parser("config", help="print the effective configuration as JSON")
+    sub.add_parser("config", parents=[common], help="print the effective configuration as JSON")
 
-    db = sub.add_parser("db", help="the job log's schema (DICOM_NODE_DATABASE_URL)")
+    db = sub.add_parser(
+        "db", parents=[common], help="the job log's schema (DICOM_NODE_DATABASE_URL)"
+    )
     db_sub = db.add_subparsers(dest="db_command", required=True)
-    db_sub.add_parser("upgrade", help="apply the schema migrations this release needs")
-    db_sub.add_parser("check", help="exit 0 when the schema is this release's, else say why")
+    db_sub.add_parser(
+        "upgrade", parents=[common], help="apply the schema migrations this release needs"
+    )
+    db_sub.add_parser(
+        "check", parents=[common], help="exit 0 when the schema is this release's, else say why"
+    )
     return parser
 
 
@@ -118,13 +144,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command in {"echo", "send"}:
         try:
+            peer = _peer(settings, args.to)
             tls = _client_tls(settings, args.to, args.tls)
+            if command == "echo":
+                return _echo(peer, args.aet or settings.ae_title, tls)
+            paths = _dicom_files(args.files)
         except ConfigError as exc:
             print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
             return 2
-        if command == "echo":
-            return _echo(settings, args.to, args.aet or settings.ae_title, tls)
-        return _send(settings, args.to, args.aet or settings.ae_title, args.files, tls)
+        except UsageError as exc:
+            print(f"dicom-node {command}: {exc}", file=sys.stderr)
+            return 2
+        return _send(settings, peer, args.aet or settings.ae_title, paths, tls)
     if command == "jobs":
         return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
     if command == "requeue":
@@ -172,7 +203,11 @@ def _serve(settings: Settings) -> int:
 
 def _peer(settings: Settings, to: str | None) -> PacsAddress:
     if to:
-        return PacsAddress.parse(to, "to")
+        try:
+            return PacsAddress.parse(to, "to")
+        except ConfigError as exc:
+            problem = str(exc).split(": ", 1)[-1]
+            raise UsageError(f"--to: {problem} (for example ORTHANC@127.0.0.1:4242)") from None
     host = "127.0.0.1" if settings.host in {"0.0.0.0", "::"} else settings.host
     return PacsAddress(settings.ae_title, host, settings.port)
 
@@ -205,13 +240,10 @@ def _client_tls(settings: Settings, to: str | None, flag: bool | None) -> ssl.SS
     return client_context(settings, check_hostname=to is not None)
 
 
-def _echo(
-    settings: Settings, to: str | None, calling_ae: str, tls: ssl.SSLContext | None = None
-) -> int:
+def _echo(peer: PacsAddress, calling_ae: str, tls: ssl.SSLContext | None = None) -> int:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    peer = _peer(settings, to)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(Verification)
     tls_args = (tls, peer.host) if tls is not None else None
@@ -227,17 +259,43 @@ def _echo(
     return 0 if code == 0 else 1
 
 
+def _dicom_files(arguments: list[Path]) -> list[Path]:
+    """The files to send: each file named, and the DICOM files under each folder named."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    def sop_class(path: Path) -> str | None:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            return None
+        return str(header.get("SOPClassUID", "") or "") or None
+
+    paths: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            found = [p for p in sorted(argument.rglob("*")) if p.is_file() and sop_class(p)]
+            if not found:
+                raise UsageError(f"{argument}: no DICOM files in this folder")
+            paths += found
+        elif not argument.exists():
+            raise UsageError(f"{argument}: no such file or folder")
+        elif sop_class(argument) is None:
+            raise UsageError(f"{argument}: not a DICOM file (Part 10 with a SOP Class UID)")
+        else:
+            paths.append(argument)
+    return paths
+
+
 def _send(
     settings: Settings,
-    to: str | None,
+    peer: PacsAddress,
     calling_ae: str,
-    files: list[Path],
+    paths: list[Path],
     tls: ssl.SSLContext | None = None,
 ) -> int:
     from dicom_node.delivery.cstore_client import StoreClient
 
-    peer = _peer(settings, to)
-    paths = [p for f in files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
     results = StoreClient(calling_ae, settings.network_timeout_seconds, tls).send(peer, paths)
     failed = 0
     for path, result in zip(paths, results, strict=True):

@@ -79,3 +79,42 @@ def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixtu
     assert main(["requeue", str(claimed.id)]) == 0
     assert f"job {claimed.id} re-queued" in capsys.readouterr().out
     assert main(["requeue", "999"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["send", "missing.dcm"], "dicom-node send: missing.dcm: no such file or folder"),
+        (["send", "notes.txt"], "dicom-node send: notes.txt: not a DICOM file"),
+        (["send", "empty-folder"], "dicom-node send: empty-folder: no DICOM files in this folder"),
+        (
+            ["echo", "--to", "127.0.0.1:4242"],
+            "dicom-node echo: --to: expected AE@host:port, got '127.0.0.1:4242'",
+        ),
+    ],
+)
+def test_command_line_mistakes_get_one_line_and_exit_2(
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    monkeypatch.chdir(data_dir)
+    (data_dir / "notes.txt").write_text("not DICOM")
+    (data_dir / "empty-folder").mkdir()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(said) and len(err.strip().splitlines()) == 1, err
+
+
+def test_global_options_work_after_the_command_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before, after = tmp_path / "before", tmp_path / "after"
+    assert main(["--data-dir", str(before), "config"]) == 0
+    assert json.loads(capsys.readouterr().out)["data_dir"] == str(before)
+    assert main(["config", "--data-dir", str(after)]) == 0
+    assert json.loads(capsys.readouterr().out)["data_dir"] == str(after)
+    assert main(["--data-dir", str(before), "jobs"]) == 1  # given before: kept, not reset
+    assert str(before) in capsys.readouterr().err
