@@ -6,12 +6,15 @@ Every command is ``main(args)``-callable so tests can run it in-process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import ssl
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -165,10 +168,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "classify":
         from dicom_node.cli.classify import run_classify
 
-        return run_classify(
-            list(args.paths), args.pipeline, args.json, args.heatmap_dir, sys.stdout, sys.stderr
-        )
+        with _native_noise_filtered():
+            return run_classify(
+                list(args.paths), args.pipeline, args.json, args.heatmap_dir, sys.stdout, sys.stderr
+            )
     raise AssertionError(command)
+
+
+# TensorFlow's native start-up lines (oneDNN, absl, CUDA probing on a machine without a GPU).
+_NATIVE_NOISE = re.compile(
+    r"oneDNN custom operations|absl::InitializeLog|Unable to register cu(DNN|FFT|BLAS)"
+    r"|TF-TRT Warning|This TensorFlow binary is optimized|Could not find cuda drivers"
+    r"|cuda_(dnn|fft|blas|executor)\.cc|computation_placer|rebuild TensorFlow with"
+)
+
+
+@contextlib.contextmanager
+def _native_noise_filtered() -> Iterator[None]:
+    """TensorFlow's C++ code writes its start-up lines to file descriptor 2, past Python's
+    logging and ``TF_CPP_MIN_LOG_LEVEL``: hold what reaches descriptor 2 and pass on all but
+    those lines, so the user's terminal shows what the node says."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode("utf-8", "replace").splitlines(keepends=True):
+                if not _NATIVE_NOISE.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -166,3 +166,17 @@ def test_the_real_ct_series_gets_a_category_without_tensorflow(shared_data: Path
     assert result["ct_category"] in {"typical", "indeterminate", "atypical", "negative"}
     assert 2500 <= result["lung_volume_ml"] <= 8000
     assert set(result["features"]) >= {"bilateral", "peripheral_share_percent", "foci"}
+
+
+def test_the_command_keeps_tensorflow_start_up_lines_off_the_terminal(shared_data: Path) -> None:
+    image = _first(shared_data, "xray", "covid")
+    done = subprocess.run(
+        [sys.executable, "-m", "dicom_node", "classify", str(image), str(image) + ".missing"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1  # one input missing
+    assert "[xray]" in done.stdout
+    # What the node says stays; TensorFlow's native chatter does not reach the user.
+    assert done.stderr.splitlines() == [f"{image}.missing: error: no such file or directory"]
