@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import re
@@ -227,12 +228,35 @@ def _serve(settings: Settings) -> int:
         print(f"dicom-node: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the port is taken
-        print(f"dicom-node: cannot start: {exc}", file=sys.stderr)
+        busy = _busy_port(settings) if exc.errno == errno.EADDRINUSE else None
+        print(f"dicom-node: cannot start: {busy or exc}", file=sys.stderr)
         return 1
     except SQLAlchemyError as exc:
         print(f"dicom-node: cannot start: the job log: {_db_error(exc)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _busy_port(settings: Settings) -> str | None:
+    """Which of the node's listening ports another process holds, said with its setting."""
+    import socket
+
+    listeners = [("port", settings.host, settings.port)]
+    listeners.append(("http_port", settings.http_host, settings.http_port))
+    if settings.dicomweb_port is not None:
+        listeners.append(("dicomweb_port", settings.dicomweb_host, settings.dicomweb_port))
+    for setting, host, port in listeners:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                return (
+                    f"port {port} on {host} is already in use ({setting}, "
+                    f"DICOM_NODE_{setting.upper()}): stop the other process or choose another port"
+                )
+    return None
 
 
 def _peer(settings: Settings, to: str | None) -> PacsAddress:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ from dicom_node.cli.main import main
 from dicom_node.joblog import JobLog
 from dicom_node.joblog.records import InstanceRecord
 from dicom_node.joblog.schema import utcnow
+from tests.support.net import free_port
 
 
 @pytest.fixture
@@ -118,3 +122,25 @@ def test_global_options_work_after_the_command_too(
     assert json.loads(capsys.readouterr().out)["data_dir"] == str(after)
     assert main(["--data-dir", str(before), "jobs"]) == 1  # given before: kept, not reset
     assert str(before) in capsys.readouterr().err
+
+
+NODE = (sys.executable, "-m", "dicom_node")
+
+
+def test_a_busy_port_is_named_with_its_setting(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+        done = subprocess.run(
+            [*NODE, "--data-dir", str(tmp_path), *serve, "--http-port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1
+    assert (
+        f"cannot start: port {port} on 127.0.0.1 is already in use (port, DICOM_NODE_PORT)"
+        in done.stderr
+    ), done.stderr[-2000:]
