@@ -382,6 +382,13 @@ def _open_admin_log(settings: Settings) -> AdminLog | None:
 def _db(settings: Settings, action: str) -> int:
     from dicom_node.joblog.schema import make_engine
 
+    if action == "check" and settings.database_url is None and not settings.database_path.exists():
+        # Opening SQLite would create an empty job log here: say so and leave nothing behind.
+        print(
+            f"dicom-node: no job log at {settings.database_path} (check DICOM_NODE_DATA_DIR)",
+            file=sys.stderr,
+        )
+        return 1
     engine = make_engine(settings.joblog_url)
     where = migrate.describe(engine)
     try:

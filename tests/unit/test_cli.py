@@ -144,3 +144,11 @@ def test_a_busy_port_is_named_with_its_setting(tmp_path: Path) -> None:
         f"cannot start: port {port} on 127.0.0.1 is already in use (port, DICOM_NODE_PORT)"
         in done.stderr
     ), done.stderr[-2000:]
+
+
+def test_db_check_in_an_empty_folder_says_so_and_creates_nothing(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "check"]) == 1
+    assert "no job log at" in capsys.readouterr().err
+    assert list(data_dir.iterdir()) == []
