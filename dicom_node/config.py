@@ -9,6 +9,7 @@ environment variable and what was wrong, so the node never starts half-configure
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -131,6 +132,11 @@ class Settings:
     # After a sender releases its association, its studies start this much later instead of
     # after the quiet period (None: wait for the quiet period as for an abort).
     release_grace_seconds: float | None = 1.0
+    # A study whose last association ended without release (A-ABORT, a dropped connection, a
+    # timeout, the node stopped mid-association) waits this long after its last instance for
+    # the sender's resend instead of the quiet period (never less than it); without a resend it
+    # is analysed then, its outputs marked unfinished.
+    interrupted_study_hold_seconds: float = 600.0
     # A calling AE listed here is accepted only from that host (Orthanc's
     # DicomCheckModalityHost): TOML table ``AE = "host"``, env ``AE@host,AE2@host2``.
     ae_hosts: Mapping[str, str] = field(default_factory=dict)
@@ -186,6 +192,10 @@ class Settings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{_label(name)}: must be >= 0, got {value}")
+        hold = self.interrupted_study_hold_seconds
+        if not (math.isfinite(hold) and hold >= 0):
+            name = _label("interrupted_study_hold_seconds")
+            raise ConfigError(f"{name}: must be a number of seconds >= 0, got {hold}")
         for modality, seconds in self.quiet_seconds_by_modality.items():
             if seconds < 0:
                 raise ConfigError(f"quiet_seconds_by_modality.{modality}: must be >= 0")
@@ -419,6 +429,7 @@ _FIELD_KINDS: dict[str, str] = {
     "study_quiet_seconds": "optfloat",
     "quiet_seconds_by_modality": "mapping",
     "release_grace_seconds": "optfloat",
+    "interrupted_study_hold_seconds": "float",
     "ae_hosts": "hosts",
     "maximum_associations": "int",
     "max_pdu_bytes": "int",

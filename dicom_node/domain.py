@@ -61,12 +61,17 @@ class OutputContext:
     ``result_version`` counts the analyses of one study (1, 2, ... after late instances); it is
     written into series descriptions.  UIDs are derived from the source instances and the model
     version (see ``dicom_node.outputs.common``) so that re-running a job never duplicates results.
+
+    ``unfinished``: the study was analysed although its sender never finished sending it (the
+    association ended without release and no resend came within the hold): the outputs say
+    that it may be incomplete.
     """
 
     result_version: int = 1
     manufacturer: str = "dicom-node"
     software_version: str = "0.1.0"
     institution_name: str | None = None
+    unfinished: bool = False
 
 
 # -- chest X-ray ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pydicom
 from pydicom import Dataset
@@ -43,6 +43,8 @@ from dicom_node.storage import atomic_write
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+# The job summary of a study analysed before its sender finished (``ClaimedJob.unfinished``).
+UNFINISHED_SUMMARY = "may be incomplete: the sender ended without release"
 
 
 def default_worker_name() -> str:
@@ -173,11 +175,15 @@ class Worker:
             step = "analysis"
             finding = loaded.pipeline.run(sources)
             step = "building the outputs"
-            context = OutputContext(result_version=job.version, software_version=__version__)
+            context = OutputContext(
+                result_version=job.version, software_version=__version__, unfinished=job.unfinished
+            )
             datasets = loaded.build_outputs(finding, sources, context)
             step = "writing the outputs"
             outputs = [self._write_output(study_uid, ds) for ds in datasets]
-            summary = json.dumps(loaded.pipeline.summarise(finding), separators=(",", ":"))
+            summary = json.dumps(
+                _summary(loaded.pipeline.summarise(finding), job), separators=(",", ":")
+            )
             destination = str(self._settings.pacs) if self._settings.pacs else None
             info = loaded.pipeline.model_info
             recorded = self._joblog.processed(
@@ -277,6 +283,13 @@ def redact(text: str, sources: Sequence[Dataset], limit: int = 500) -> str:
     for value in sorted(values, key=len, reverse=True):
         text = text.replace(value, "<redacted>")
     return clean(one_line(text, limit), limit + 20)
+
+
+def _summary(summary: dict[str, Any], job: ClaimedJob) -> dict[str, Any]:
+    """The pipeline's summary, saying first when the study may be incomplete."""
+    if not job.unfinished:
+        return summary
+    return {"unfinished": UNFINISHED_SUMMARY, **summary}
 
 
 def _read_source(path: Path) -> Dataset:

@@ -23,6 +23,7 @@ import logging
 import mmap
 import os
 import re
+import sys
 import tempfile
 import threading
 import uuid
@@ -137,7 +138,8 @@ class StowServer:
 
     def _ended(self, peer: StowPeer, outcomes: list[PartOutcome]) -> None:
         if self._intake.on_association_end is not None:
-            self._intake.on_association_end(id(peer), True)
+            # An exception on its way out of ``store`` (a client gone mid-upload): not released.
+            self._intake.on_association_end(id(peer), sys.exc_info()[0] is None)
         if self._audit is not None:
             self._audit.association_ended(peer, "released", **peer.fields())
         log.info("STOW-RS request from %s: %d instance(s)", peer.address, len(outcomes))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.joblog.records import INSTANCE_FIELDS, GatheringJob, StoredInstance
 from dicom_node.joblog.schema import (
+    UNRELEASED_ENDS,
+    AssociationEnd,
     Instance,
     Job,
     JobSource,
@@ -25,18 +27,34 @@ class AssemblyLog(Store):
         """Jobs still receiving instances (their timers are re-armed at start)."""
         with self.session() as session:
             rows = session.execute(
-                select(Job.id, Job.state, Job.modality, Job.last_instance_at).where(
-                    Job.state == JobState.RECEIVED
-                )
+                select(
+                    Job.id, Job.state, Job.modality, Job.last_instance_at, Job.association_end
+                ).where(Job.state == JobState.RECEIVED)
             ).all()
-            return [GatheringJob(r[0], r[1], r[2], r[3]) for r in rows]
+            return [GatheringJob(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     def gathering_job(self, job_id: int) -> GatheringJob | None:
         with self.session() as session:
             job = session.get(Job, job_id)
             if job is None:
                 return None
-            return GatheringJob(job.id, job.state, job.modality, job.last_instance_at)
+            return GatheringJob(
+                job.id, job.state, job.modality, job.last_instance_at, job.association_end
+            )
+
+    def record_association_end(self, job_ids: Iterable[int], end: AssociationEnd) -> None:
+        """Record how the last association that sent instances of these jobs ended (``open``:
+        one started sending).  Only jobs still gathering: a completed job keeps the end it
+        was completed with."""
+        ids = sorted(set(job_ids))
+        if not ids:
+            return
+        with self.engine.begin() as db:
+            db.execute(
+                update(Job)
+                .where(Job.id.in_(ids), Job.state == JobState.RECEIVED)
+                .values(association_end=end)
+            )
 
     def study_instances(self, job_id: int) -> list[StoredInstance]:
         """Every instance of the job's study, in arrival order."""
@@ -54,18 +72,25 @@ class AssemblyLog(Store):
         source_ids: Sequence[int],
         reason: str | None,
         quiet_before: dt.datetime,
+        held_before: dt.datetime | None = None,
     ) -> bool:
         """Close intake of a ``received`` job: queue it for ``pipeline`` with the instances
         routing chose (``source_ids``), or mark it ignored with ``reason``.
 
-        Only applies if no instance arrived after ``quiet_before`` (a late instance re-armed
-        the timer); returns whether the job changed.  The row is locked, and skipped when
-        another assembler holds it: with several assembly nodes, one completes the study.
+        Only applies if no instance arrived after ``quiet_before``, or after ``held_before``
+        when the job's last association ended without release (a late instance re-armed the
+        timer); returns whether the job changed.  The row is locked, and skipped when another
+        assembler holds it: with several assembly nodes, one completes the study.
         """
         now = utcnow()
         with self.session(lock=True) as session:
             job = session.get(Job, job_id, with_for_update={"skip_locked": True})
-            if job is None or job.state != JobState.RECEIVED or job.last_instance_at > quiet_before:
+            if job is None or job.state != JobState.RECEIVED:
+                return False
+            cutoff = quiet_before
+            if held_before is not None and job.association_end in UNRELEASED_ENDS:
+                cutoff = held_before
+            if job.last_instance_at > cutoff:
                 return False
             job.instance_count = _count_instances(session, job.study_id)
             job.pipeline = pipeline

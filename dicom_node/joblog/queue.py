@@ -20,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from dicom_node.joblog.assembly import stored_instance
 from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
-from dicom_node.joblog.schema import Delivery, Job, JobState, Store, check_transition, utcnow
+from dicom_node.joblog.schema import (
+    UNRELEASED_ENDS,
+    Delivery,
+    Job,
+    JobState,
+    Store,
+    check_transition,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,7 @@ class WorkQueue(Store):
                 attempts=job.attempts,
                 sources=tuple(stored_instance(source.instance) for source in job.sources),
                 worker=worker,
+                unfinished=job.association_end in UNRELEASED_ENDS,
             )
 
     def heartbeat(self, worker: str, lease_seconds: float) -> int:

@@ -73,6 +73,7 @@ class GatheringJob:
     state: str
     modality: str | None
     last_instance_at: dt.datetime
+    association_end: str | None = None  # ``schema.AssociationEnd``; None: not recorded
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class ClaimedJob:
     attempts: int
     sources: tuple[StoredInstance, ...]
     worker: str | None = None  # who holds the claim
+    # Completed after the interrupted-study hold, its sender never having finished: the
+    # outputs say the study may be incomplete.
+    unfinished: bool = False
 
 
 @dataclass(frozen=True)

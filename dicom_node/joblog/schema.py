@@ -54,6 +54,19 @@ class DeliveryState(StrEnum):
     DEAD = "dead"
 
 
+class AssociationEnd(StrEnum):
+    """How the last association (or STOW-RS request) that sent instances of a job ended."""
+
+    OPEN = "open"  # still sending, or the node stopped before it ended
+    RELEASED = "released"  # A-RELEASE, or a STOW-RS request read to its end
+    INTERRUPTED = "interrupted"  # A-ABORT, a dropped connection, a timeout
+
+
+# The sender may not have finished: such a study waits ``interrupted_study_hold_seconds`` for a
+# resend, and is marked unfinished if analysed without one.  (An ``open`` end with no local
+# association sending belongs to an association the node never saw end.)
+UNRELEASED_ENDS = frozenset({AssociationEnd.OPEN, AssociationEnd.INTERRUPTED})
+
 # Pseudo-state of a rejection row in listings (a refused data set never becomes a job).
 REJECTED = "rejected"
 
@@ -140,6 +153,9 @@ class Job(Base):
     model_name: Mapped[str | None] = mapped_column(String(64))
     model_version: Mapped[str | None] = mapped_column(String(32))
     summary: Mapped[str | None] = mapped_column(Text)  # short, patient-free result text
+    # ``AssociationEnd`` of the last association that sent instances; None: not recorded (filed
+    # by an intake node without the assembly role, or before schema 0005).
+    association_end: Mapped[str | None] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(default=0)  # claims by a worker
     # The worker running (or last to run) the job, and until when its claim holds unless it
     # sends a heartbeat; a claim past this time is lost and the job goes back to the queue.

@@ -28,6 +28,11 @@ from dicom_node.domain import ModelInfo, OutputContext
 from dicom_node.outputs.codes import ALGORITHM_FAMILY, PRIVATE_SCHEME_ITEM, REPORT_TITLE
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+# Outputs of a study analysed before its sender finished (``OutputContext.unfinished``): the SR's
+# Completion Flag is PARTIAL with this description (LO: 64 characters at most), series
+# descriptions say UNFINISHED, and pictures carry the notice burned in.
+UNFINISHED_DESCRIPTION = "Study may be incomplete: the sender ended without release"
+UNFINISHED_NOTICE = "UNFINISHED: the study may be incomplete (the sender did not finish)"
 
 # Series numbers of our outputs, high so they sort after the acquisition's series.
 SR_SERIES_NUMBER = 9901
@@ -69,8 +74,14 @@ def series_identity(
     # A re-analysis with more instances: new series (new sources), saying what it supersedes.
     n = context.result_version
     version = f" v{n} replaces v{n - 1}" if n > 1 else ""
-    description = f"AI {kind}{version} {NOT_FOR_CLINICAL_USE}"
+    unfinished = " UNFINISHED" if context.unfinished else ""
+    description = f"AI {kind}{version}{unfinished} {NOT_FOR_CLINICAL_USE}"
     return SeriesIdentity(uid, number, description[:64])
+
+
+def unfinished_notice(context: OutputContext) -> list[str]:
+    """The line to burn into a picture of an unfinished study (none otherwise)."""
+    return [UNFINISHED_NOTICE] if context.unfinished else []
 
 
 def instance_uid(kind: str, model: ModelInfo, *parts: str) -> str:
@@ -156,7 +167,8 @@ def measurement_sr(
     model: ModelInfo,
     now: dt.datetime,
 ) -> hd.sr.Comprehensive3DSR:
-    """The TID 1500 Measurement Report of ``groups`` as an UNVERIFIED Comprehensive 3D SR.
+    """The TID 1500 Measurement Report of ``groups`` as an UNVERIFIED Comprehensive 3D SR
+    (COMPLETE, or PARTIAL with ``UNFINISHED_DESCRIPTION`` for an unfinished study).
 
     Its series and instance UIDs derive from ``sources``; ``evidence`` is every object the
     groups reference (the sources, and a SEG where one is referenced).
@@ -170,15 +182,19 @@ def measurement_sr(
         title=REPORT_TITLE,
     )
     series = series_identity("report", SR_SERIES_NUMBER, model, sources, context)
-    return hd.sr.Comprehensive3DSR(
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence),
         content=report,
-        is_complete=True,
+        # CompletionFlag PARTIAL: the study it reports on may be incomplete.
+        is_complete=not context.unfinished,
         is_final=False,
         is_verified=False,  # VerificationFlag UNVERIFIED: nobody has checked this result
         **identity_kwargs(series, instance_uid("sr", model, source_key(sources)), 1, context),
         **equipment_kwargs(model, context, now),
     )
+    if context.unfinished:
+        sr.CompletionFlagDescription = UNFINISHED_DESCRIPTION
+    return sr
 
 
 def secondary_capture(

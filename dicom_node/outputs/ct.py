@@ -93,6 +93,7 @@ from dicom_node.outputs.common import (
     series_identity,
     source_key,
     sources_for_outputs,
+    unfinished_notice,
 )
 from dicom_node.outputs.seg import CONSOLIDATION_SEGMENT, FOCAL_SEGMENT, GGO_SEGMENT, build_ct_seg
 from dicom_node.pixels import hu_image
@@ -297,7 +298,7 @@ def build_key_image(
     source = datasets[k]
     return secondary_capture(
         source,
-        render_key_image(finding, source, k, model),
+        render_key_image(finding, source, k, model, unfinished_notice(context)),
         series,
         instance_number,
         instance_uid("ct-key", model, str(source.SOPInstanceUID)),
@@ -322,7 +323,7 @@ def build_coronal_overview(
     source = datasets[len(datasets) // 2]
     return secondary_capture(
         source,
-        render_coronal_overview(finding, model),
+        render_coronal_overview(finding, model, unfinished_notice(context)),
         series,
         instance_number,
         instance_uid("ct-coronal", model, source_key(datasets)),
@@ -333,9 +334,11 @@ def build_coronal_overview(
     )
 
 
-def render_coronal_overview(finding: CtFinding, model: ModelInfo) -> np.ndarray:
+def render_coronal_overview(
+    finding: CtFinding, model: ModelInfo, notices: Sequence[str] = ()
+) -> np.ndarray:
     """Rows are slices (superior at the top), columns the source columns; pixels are stretched
-    to their true aspect (slice spacing against column spacing)."""
+    to their true aspect (slice spacing against column spacing).  ``notices`` go first."""
     assert finding.coronal_hu is not None
     row = finding.coronal_row
     # Superior slice first: slices ascend along the normal, which points up in HFS.
@@ -360,6 +363,7 @@ def render_coronal_overview(finding: CtFinding, model: ModelInfo) -> np.ndarray:
     picture = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.NEAREST))
     a = finding.assessment
     top = [
+        *notices,
         "AI CT COVID-19 assessment (unverified): coronal overview",
         f"RSNA category: {a.category.value}",
         f"Involvement {a.features.involvement_percent:.1f}%, "
@@ -385,8 +389,11 @@ def patient_orientation(ds: Dataset) -> tuple[str, str]:
     return letters(iop[:3]), letters(iop[3:])
 
 
-def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelInfo) -> np.ndarray:
-    """The slice in the lung window, lesions tinted, the numbers and a notice burned in."""
+def render_key_image(
+    finding: CtFinding, source: Dataset, k: int, model: ModelInfo, notices: Sequence[str] = ()
+) -> np.ndarray:
+    """The slice in the lung window, lesions tinted, the numbers and a notice burned in;
+    ``notices`` (an unfinished study) go first."""
     hu = hu_image(source).astype(np.float32)
     low, high = LUNG_WINDOW_HU
     gray = (np.clip((hu - low) / (high - low), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
@@ -403,6 +410,7 @@ def render_key_image(finding: CtFinding, source: Dataset, k: int, model: ModelIn
     q = finding.quantification
     total = q.total
     top = [
+        *notices,
         "AI CT COVID-19 assessment (unverified)",
         f"RSNA category: {finding.assessment.category.value}",
         f"Involvement: {total.involvement_percent:.1f}% "

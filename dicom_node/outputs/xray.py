@@ -60,6 +60,7 @@ from dicom_node.outputs.common import (
     secondary_capture,
     series_identity,
     sources_for_outputs,
+    unfinished_notice,
 )
 
 SC_MAX_SIDE = 1024  # the SC is for reading on screen; full detector size adds nothing
@@ -203,7 +204,7 @@ def build_xray_sc(
     model: ModelInfo,
     now: dt.datetime,
 ) -> hd.sc.SCImage:
-    pixels = render_heatmap_image(image, model)
+    pixels = render_heatmap_image(image, model, unfinished_notice(context))
     orientation = tuple(str(v) for v in source.get("PatientOrientation") or ())
     return secondary_capture(
         source,
@@ -218,9 +219,11 @@ def build_xray_sc(
     )
 
 
-def render_heatmap_image(image: XrayImageFinding, model: ModelInfo) -> np.ndarray:
+def render_heatmap_image(
+    image: XrayImageFinding, model: ModelInfo, notices: Sequence[str] = ()
+) -> np.ndarray:
     """The radiograph, heatmap blended in, lung fields and hot region outlined, result and
-    notice burned in."""
+    notice burned in; ``notices`` (an unfinished study) go first."""
     rgb = render.heatmap_picture(
         image.display_image,
         image.heatmap,
@@ -229,7 +232,7 @@ def render_heatmap_image(image: XrayImageFinding, model: ModelInfo) -> np.ndarra
         SC_MAX_SIDE,
     )
     ranked = sorted(image.probabilities.items(), key=lambda item: -item[1])
-    top = [f"AI: {label_text(image)}"] + [
+    top = [*notices, f"AI: {label_text(image)}"] + [
         f"  {CLASS_DISPLAY_NAME[key]}: {value:.2f}" for key, value in ranked
     ]
     if image.heat_in_lungs is not None:

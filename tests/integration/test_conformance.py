@@ -32,6 +32,14 @@ def xray_outputs() -> list[Dataset]:
 
 
 @pytest.fixture(scope="module")
+def unfinished_xray_outputs() -> list[Dataset]:
+    """Of a study analysed before its sender finished: SR Completion Flag PARTIAL."""
+    source = chest_cr()
+    context = OutputContext(unfinished=True)
+    return build_xray_outputs(synthetic_xray_finding(source), [source], context, XRAY_MODEL)
+
+
+@pytest.fixture(scope="module")
 def ct_outputs(
     tmp_path_factory: pytest.TempPathFactory, phantom_files: tuple[Path, ...]
 ) -> list[Dataset]:
@@ -47,6 +55,11 @@ def test_phantom_slices(phantom_files: tuple[Path, ...]) -> None:
 @pytest.mark.parametrize("index", [0, 1], ids=["sr", "sc"])
 def test_xray_outputs(xray_outputs: list[Dataset], index: int) -> None:
     assert dciodvfy_errors(xray_outputs[index]) == []
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["sr", "sc"])
+def test_unfinished_xray_outputs(unfinished_xray_outputs: list[Dataset], index: int) -> None:
+    assert dciodvfy_errors(unfinished_xray_outputs[index]) == []
 
 
 @pytest.mark.parametrize("index", range(5), ids=["sr", "seg", "sc1", "sc2", "sc3"])

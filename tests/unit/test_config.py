@@ -51,6 +51,17 @@ def test_release_grace_and_pdu_size_are_configurable() -> None:
     assert settings.max_pdu_bytes == 0  # unlimited
 
 
+def test_the_interrupted_study_hold_is_minutes_by_default_and_configurable(
+    tmp_path: Path,
+) -> None:
+    assert load_settings(environ={}).interrupted_study_hold_seconds == 600.0
+    config = tmp_path / "node.toml"
+    config.write_text("interrupted_study_hold_seconds = 120\n")
+    assert load_settings(config, environ={}).interrupted_study_hold_seconds == 120.0
+    env = {"DICOM_NODE_INTERRUPTED_STUDY_HOLD_SECONDS": "3"}
+    assert load_settings(config, environ=env).interrupted_study_hold_seconds == 3.0
+
+
 def test_study_quiet_seconds_applies_to_every_modality() -> None:
     settings = load_settings(environ={"DICOM_NODE_STUDY_QUIET_SECONDS": "0.5"})
     assert settings.quiet_seconds("CT") == settings.quiet_seconds("CR") == 0.5
@@ -67,6 +78,9 @@ def test_study_quiet_seconds_applies_to_every_modality() -> None:
         ({"DICOM_NODE_STUDY_QUIET_SECONDS": "-1"}, "DICOM_NODE_STUDY_QUIET_SECONDS"),
         ({"DICOM_NODE_FSYNC": "maybe"}, "DICOM_NODE_FSYNC"),
         ({"DICOM_NODE_RELEASE_GRACE_SECONDS": "-0.5"}, "DICOM_NODE_RELEASE_GRACE_SECONDS"),
+        ({"DICOM_NODE_INTERRUPTED_STUDY_HOLD_SECONDS": "-1"}, "INTERRUPTED_STUDY_HOLD_SECONDS"),
+        ({"DICOM_NODE_INTERRUPTED_STUDY_HOLD_SECONDS": "nan"}, "INTERRUPTED_STUDY_HOLD_SECONDS"),
+        ({"DICOM_NODE_INTERRUPTED_STUDY_HOLD_SECONDS": "soon"}, "INTERRUPTED_STUDY_HOLD_SECONDS"),
         ({"DICOM_NODE_MAX_PDU_BYTES": "1024"}, "DICOM_NODE_MAX_PDU_BYTES"),
     ],
 )

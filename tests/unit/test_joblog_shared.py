@@ -248,7 +248,7 @@ def test_a_database_behind_or_ahead_is_refused_with_the_way_out(
             assert cli_main(["serve"]) == 2  # refuses before anything listens
             assert "db upgrade" in capsys.readouterr().err
             assert cli_main(["db", "upgrade"]) == 0
-            assert "0001 -> 0004" in capsys.readouterr().out
+            assert "0001 -> 0005" in capsys.readouterr().out
             assert cli_main(["db", "check"]) == 0
     else:
         # A node's own SQLite file is brought up to date when the node opens it.

@@ -12,6 +12,7 @@ from pydicom import Dataset
 from dicom_node.domain import ModelInfo, OutputContext, XrayFinding
 from dicom_node.outputs import render
 from dicom_node.outputs.codes import SEVERITY_LEVEL
+from dicom_node.outputs.common import UNFINISHED_DESCRIPTION, UNFINISHED_NOTICE
 from dicom_node.outputs.render import HOT_REGION_COLOUR, LUNG_OUTLINE_COLOUR
 from dicom_node.outputs.xray import (
     CERTAINTY_OF_FINDING,
@@ -185,3 +186,30 @@ def test_severity_scores_and_level_are_in_the_sr_and_on_the_sc(
     [read] = read_xray_report(sr_bare)
     assert read.geographic_extent is None and read.severity_level is None
     assert not any(line.startswith("Severity") for line in captured)
+
+
+def test_an_unfinished_study_says_so_in_the_sr_and_on_the_sc(
+    source: Dataset, outputs: list[Dataset], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captured: list[str] = []
+    real = render.burn_in_text
+
+    def capture(rgb: np.ndarray, top: list[str], bottom: list[str]) -> np.ndarray:
+        captured.extend(top + bottom)
+        return real(rgb, top, bottom)
+
+    monkeypatch.setattr(render, "burn_in_text", capture)
+    finding = synthetic_xray_finding(source)
+    sr, sc = build_xray_outputs(finding, [source], OutputContext(unfinished=True), MODEL)
+    assert sr.CompletionFlag == "PARTIAL"
+    assert sr.CompletionFlagDescription == UNFINISHED_DESCRIPTION
+    for ds in (sr, sc):
+        assert "UNFINISHED NOT FOR CLINICAL USE" in ds.SeriesDescription
+    assert captured[0] == UNFINISHED_NOTICE  # the first line burned in
+    [image] = read_xray_report(sr)  # the finding itself is reported as usual
+    assert image.label == "covid"
+    finished_sr, finished_sc = outputs
+    assert finished_sr.CompletionFlag == "COMPLETE"
+    assert "CompletionFlagDescription" not in finished_sr
+    assert "UNFINISHED" not in finished_sr.SeriesDescription
+    assert not np.array_equal(sc.pixel_array, finished_sc.pixel_array)
