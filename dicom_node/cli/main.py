@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true", help="one JSON object per line")
     jobs.add_argument("--limit", "-n", type=int, default=50, help="last N rows (default 50)")
     jobs.add_argument("--interval", type=float, default=1.0, help="poll seconds with --follow")
+    jobs.add_argument("--wide", action="store_true", help="do not shorten long lines")
 
     requeue = sub.add_parser("requeue", parents=[common], help="re-run failed or dead jobs")
     requeue.add_argument("job_ids", nargs="*", type=int, help="job ids (default: all)")
@@ -161,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return _send(settings, peer, args.aet or settings.ae_title, paths, tls)
     if command == "jobs":
-        return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout)
+        width = None if args.wide else LINE_WIDTH
+        return _jobs(settings, args.follow, args.json, args.limit, args.interval, sys.stdout, width)
     if command == "requeue":
         return _requeue(settings, args.job_ids, args.state)
     if command == "db":
@@ -418,7 +420,13 @@ def _db_error(exc: SQLAlchemyError) -> str:
 
 
 def _jobs(
-    settings: Settings, follow: bool, as_json: bool, limit: int, interval: float, out: TextIO
+    settings: Settings,
+    follow: bool,
+    as_json: bool,
+    limit: int,
+    interval: float,
+    out: TextIO,
+    width: int | None = None,
 ) -> int:
     joblog = _open_admin_log(settings)
     if joblog is None:
@@ -427,7 +435,7 @@ def _jobs(
     if not as_json:
         print(format_header(), file=out)
     for row in rows:
-        print(format_row(row, as_json), file=out)
+        print(format_row(row, as_json, width), file=out)
     out.flush()
     if not follow:
         return 0
@@ -436,7 +444,7 @@ def _jobs(
         while True:
             time.sleep(interval)
             for row in joblog.job_rows(since=since):
-                print(format_row(row, as_json), file=out)
+                print(format_row(row, as_json, width), file=out)
                 since = max(since, row.updated_at) if since else row.updated_at
             out.flush()
     except KeyboardInterrupt:
@@ -447,7 +455,7 @@ def _jobs(
 
 _COLUMNS = (
     ("JOB", 5),
-    ("UPDATED", 19),
+    ("UPDATED (UTC)", 19),
     ("STATE", 8),
     ("PIPELINE", 8),
     ("MOD", 3),
@@ -461,7 +469,10 @@ def format_header() -> str:
     return f"{head} STUDY / RESULT"
 
 
-def format_row(row: JobRow, as_json: bool) -> str:
+LINE_WIDTH = 160  # ``jobs`` lines are cut here (``--wide``: not)
+
+
+def format_row(row: JobRow, as_json: bool, width: int | None = None) -> str:
     if as_json:
         return json.dumps(row.as_json())
     job = f"{row.job_id}" + (f".{row.version}" if row.version and row.version > 1 else "")
@@ -478,7 +489,8 @@ def format_row(row: JobRow, as_json: bool) -> str:
     detail = row.error or _summary_text(row.summary)
     if row.deliveries_total:
         detail = f"{detail} [sent {row.deliveries_sent}/{row.deliveries_total}]".strip()
-    return f"{line} {row.study_instance_uid or '?'}  {detail}".rstrip()
+    text = f"{line} {row.study_instance_uid or '?'}  {detail}".rstrip()
+    return text if width is None or len(text) <= width else text[: width - 3] + "..."
 
 
 def _summary_text(summary: str | None) -> str:

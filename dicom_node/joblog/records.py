@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,7 @@ class JobRow:
             "modality": self.modality,
             "instances": self.instances,
             "error": self.error,
-            "summary": self.summary,
+            "summary": _summary_object(self.summary),
             "received_at": iso(self.received_at),
             "queued_at": iso(self.queued_at),
             "started_at": iso(self.started_at),
@@ -180,3 +181,13 @@ class JobRow:
             "attempts": self.attempts,
             "worker": self.worker,
         }
+
+
+def _summary_object(summary: str | None) -> Any:
+    """The job summary as the JSON object it is stored as (text that is not JSON as is)."""
+    if not summary:
+        return None
+    try:
+        return json.loads(summary)
+    except ValueError:
+        return summary

@@ -10,7 +10,6 @@ this process.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ def _summary(stack: Stack, study_uid: str, instances: int) -> dict[str, Any]:
     jobs = stack.wait_jobs(done, timeout=180)
     [job] = [j for j in jobs if j["study_instance_uid"] == study_uid and j["state"] == "done"]
     assert job["pipeline"] == "ct" and job["instances"] == instances
-    summary: dict[str, Any] = json.loads(job["summary"])
+    summary: dict[str, Any] = job["summary"]  # an object in jobs --json
     return summary
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,7 @@ def test_phantom_ct_through_orthanc_returns_sr_seg_and_key_images(
     )
     [job] = [j for j in jobs if j["study_instance_uid"] == series.study_instance_uid]
     assert job["pipeline"] == "ct" and job["instances"] == len(series.files)
-    summary = json.loads(job["summary"])
+    summary = job["summary"]  # an object in jobs --json
     category = CT_CATEGORY_VALUES[summary["ct_category"]].meaning
     assert read_ct_assessment(sr)["RSNA COVID-19 CT category"] == category
     assert summary["involvement_percent"] == pytest.approx(involvement, abs=0.01)

@@ -79,6 +79,7 @@ def test_jobs_table_json_and_requeue(data_dir: Path, capsys: pytest.CaptureFixtu
     assert row["state"] == "failed" and row["pipeline"] == "xray"
     assert row["error"] == "ValueError: cannot decode"
     assert row["received_at"].endswith("Z") and row["finished_at"]
+    assert row["summary"] is None
 
     assert main(["requeue", str(claimed.id)]) == 0
     assert f"job {claimed.id} re-queued" in capsys.readouterr().out
@@ -152,3 +153,29 @@ def test_db_check_in_an_empty_folder_says_so_and_creates_nothing(
     assert main(["db", "check"]) == 1
     assert "no job log at" in capsys.readouterr().err
     assert list(data_dir.iterdir()) == []
+
+
+def test_jobs_lines_are_cut_say_utc_and_json_holds_the_summary_object(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    joblog = JobLog.open(data_dir / "jobs.sqlite")
+    record = InstanceRecord(
+        "1.8", "1.8.1", "1.8.1.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.1.2.1", "CR",
+        "CHEST", None, None, None, "MODALITY", "/y.dcm", 1,
+    )  # fmt: skip
+    outcome = joblog.intake.record_instance(record)
+    [instance] = joblog.assembly.study_instances(outcome.job_id)
+    joblog.assembly.complete_job(outcome.job_id, "xray", [instance.id], None, utcnow())
+    claimed = joblog.queue.claim_next("w1", 60.0)
+    assert claimed is not None
+    summary = {"label": "covid", "note": "x" * 400}
+    joblog.queue.processed(claimed.id, "m", "1", json.dumps(summary), [], None, "w1")
+
+    assert main(["jobs"]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert "UPDATED (UTC)" in header
+    assert len(line) == 160 and line.endswith("...") and "label=covid" in line
+    assert main(["jobs", "--wide"]) == 0
+    assert len(capsys.readouterr().out.splitlines()[1]) > 400
+    assert main(["jobs", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"] == summary
