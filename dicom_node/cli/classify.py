@@ -158,9 +158,13 @@ class _Runner:
     def _record(self, loaded: LoadedPipeline[Any], finding: Any, path: Path) -> dict[str, Any]:
         pipeline = loaded.pipeline
         record = {**pipeline.describe(finding), "model": _model_record(pipeline.model_info)}
-        pictures = pipeline.heatmaps(finding)
-        if self.heatmap_dir is not None and pictures:
-            record["heatmap"] = str(_write_heatmap(self.heatmap_dir, path, pictures[0]))
+        if self.heatmap_dir is not None:
+            pictures = pipeline.heatmaps(finding)
+            if pictures:
+                record["heatmap"] = str(_write_heatmap(self.heatmap_dir, path, pictures[0]))
+            else:
+                record["heatmap"] = None
+                record["heatmap_note"] = NO_HEATMAP.format(pipeline=pipeline.name)
         return record
 
     def files(self, jobs: list[_Job]) -> list[dict[str, Any]]:
@@ -255,11 +259,19 @@ def run_classify(
     return EXIT_FAILED if failed else EXIT_OK
 
 
+NO_HEATMAP = (
+    "no heatmap: the {pipeline} pipeline measures the lungs instead of explaining a class; "
+    "its pictures (coronal overview, key slices) are the Secondary Captures the node sends"
+)
+
+
 def _text_line(result: dict[str, Any]) -> str:
     if "not_analysable" in result:
         return (
             f"{result['path']}: not analysable: {result['not_analysable']} [{result['pipeline']}]"
         )
+    if "ct_category" in result:
+        return _ct_text_line(result)
     probs = result.get("probabilities") or {}
     detail = ", ".join(f"{k} {v:.3f}" for k, v in probs.items())
     extra = f" heatmap {result['heatmap']}" if "heatmap" in result else ""
@@ -272,3 +284,24 @@ def _text_line(result: dict[str, Any]) -> str:
             f"{result['geographic_extent']:.1f}/8, opacity {result['opacity']:.1f}/6"
         )
     return f"{result['path']}: {label} ({detail}) [{result['pipeline']}]{extra}"
+
+
+def _ct_text_line(result: dict[str, Any]) -> str:
+    """What ``--json`` says of a CT series, on one line: category, involvement, lung volume,
+    severity and focal lesions."""
+    lesions = result.get("focal_lesions") or []
+    if lesions:
+        largest = max(lesions, key=lambda lesion: lesion["diameter_mm"])
+        focal = (
+            f"{len(lesions)} focal lesion(s), largest {largest['diameter_mm']:.0f} mm "
+            f"({largest['lung']} lung)"
+        )
+    else:
+        focal = "no focal lesion"
+    detail = (
+        f"RSNA category {result['ct_category']}; involvement "
+        f"{result['involvement_percent']:.1f}% of {result['lung_volume_ml']:.0f} mL lungs; "
+        f"severity {result['severity_score']}/25; {focal}"
+    )
+    note = f" ({result['heatmap_note']})" if result.get("heatmap_note") else ""
+    return f"{result['path']}: {detail} [{result['pipeline']}]{note}"

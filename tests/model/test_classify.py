@@ -180,3 +180,23 @@ def test_the_command_keeps_tensorflow_start_up_lines_off_the_terminal(shared_dat
     assert "[xray]" in done.stdout
     # What the node says stays; TensorFlow's native chatter does not reach the user.
     assert done.stderr.splitlines() == [f"{image}.missing: error: no such file or directory"]
+
+
+def test_a_ct_series_in_text_says_what_json_says_and_why_no_heatmap(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    series = next(p for p in (shared_data / "ct_volumes").iterdir() if p.is_dir())
+    heatmaps = tmp_path / "heatmaps"
+    code, [record], _, _ = _classify([series], "ct", heatmap_dir=heatmaps)
+    assert code == 0 and record["heatmap"] is None
+    code, _, out, err = _classify([series], "ct", heatmap_dir=heatmaps, as_json=False)
+    assert code == 0 and err == ""
+    [line] = out.splitlines()
+    lesions = record["focal_lesions"]
+    assert line.startswith(f"{series}: RSNA category {record['ct_category']}; ")
+    assert f"involvement {record['involvement_percent']:.1f}% of " in line
+    assert f"{record['lung_volume_ml']:.0f} mL lungs" in line
+    assert f"severity {record['severity_score']}/25" in line
+    assert (f"{len(lesions)} focal lesion(s)" if lesions else "no focal lesion") in line
+    assert "no heatmap: the ct pipeline measures the lungs" in line
+    assert not heatmaps.exists() or list(heatmaps.iterdir()) == []
