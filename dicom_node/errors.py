@@ -6,6 +6,7 @@ The tree::
     ├── ConfigError            a setting is invalid (the message names it); stops the start
     │   └── SchemaError        the job log's schema is missing, behind or unknown [joblog.migrate]
     ├── InstanceRejected       a received data set is refused; carries its C-STORE status
+    │   └── JobLogUnavailable  the job log is locked or unreachable (0xA700) [intake.filing]
     ├── IntakeRefused          a connection or request is refused before anything is filed
     │   ├── Refused            an association: dropped, or A-ASSOCIATE-RJ [intake.admission]
     │   └── RequestRefused     a STOW-RS request: an HTTP error status [intake.stow_server]

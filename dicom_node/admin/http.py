@@ -65,10 +65,24 @@ class AdminServer:
                 else:
                     self._reply(404, "text/plain", b"not found\n")
 
-            def _reply(self, code: int, content_type: str, body: bytes) -> None:
+            def do_POST(self) -> None:  # read-only: every other method is 405 with Allow
+                self.close_connection = True  # its body, if any, is not read
+                self._reply(405, "text/plain", b"method not allowed: GET only\n", {"Allow": "GET"})
+
+            do_PUT = do_DELETE = do_PATCH = do_POST
+
+            def _reply(
+                self,
+                code: int,
+                content_type: str,
+                body: bytes,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

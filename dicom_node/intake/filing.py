@@ -80,6 +80,8 @@ class IntakeSettings(Protocol):
     def dicomweb_host(self) -> str: ...
     @property
     def dicomweb_port(self) -> int | None: ...
+    @property
+    def stow_max_parts_per_request(self) -> int: ...
 
 
 @dataclass
@@ -112,6 +114,9 @@ class _Received:
     expected_study_uid: str | None = None  # STOW-RS ``/studies/{uid}``: the target study
     study_uid: str | None = None
     size_bytes: int = 0
+    # False: a refusal is counted (metrics, audit trail) but neither quarantined, recorded nor
+    # logged; the caller summarises it (STOW-RS, past the first refusals of a request).
+    record_refusal: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,17 @@ class FilingOutcome:
 
     status: int
     reason: str | None = None
+    # The job log could not be written (locked, unreachable): the next write would wait its
+    # busy timeout and most likely fail too.
+    joblog_unavailable: bool = False
+
+
+class JobLogUnavailable(InstanceRejected):
+    """The job log is locked or unreachable: ``0xA700`` (the sender may retry later).  The
+    refusal is not recorded either: that write would wait the busy timeout a second time."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(DicomStatus.OUT_OF_RESOURCES, f"the job log is unavailable ({_kind(exc)})")
 
 
 # Stands in for an empty UID in the temporary file's meta, so that the handler runs and refuses
@@ -249,10 +265,12 @@ def file_part10(
     peer: Any,
     accepted: Accepted,
     expected_study_uid: str | None = None,
+    record_refusal: bool = True,
 ) -> FilingOutcome:
     """File one DICOM Part 10 file received by another protocol (STOW-RS): the same checks,
     statuses, job-log rows and quarantine as a C-STORE; ``path`` is moved to the inbox or to
-    quarantine (or left for the caller to remove when the disk is the problem)."""
+    quarantine (or left for the caller to remove when the disk is the problem, or when
+    ``record_refusal`` is False: the refusal is then only counted, see ``_Received``)."""
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
         sop_uid = str(meta.get("MediaStorageSOPInstanceUID", "") or "")
@@ -269,6 +287,7 @@ def file_part10(
         peer=peer,
         receiver_wrote_meta=False,
         expected_study_uid=expected_study_uid,
+        record_refusal=record_refusal,
     )
     if not transfer_syntax:
         refusal = InstanceRejected(
@@ -284,7 +303,7 @@ def file_part10(
         )
     else:
         return file_received(received, intake)
-    return FilingOutcome(_reject(received, intake, refusal), refusal.reason)
+    return _reject(received, intake, refusal)
 
 
 def file_received(received: _Received, intake: Intake) -> FilingOutcome:
@@ -296,12 +315,12 @@ def file_received(received: _Received, intake: Intake) -> FilingOutcome:
         record = _check(header, received, intake.settings)
         outcome = _file(record, received, intake)
     except InstanceRejected as rejection:
-        return FilingOutcome(_reject(received, intake, rejection), rejection.reason)
+        return _reject(received, intake, rejection)
     except Exception:
         # A bug must not end the association: refuse this instance, keep serving.
         log.exception("unexpected error while storing an instance from %s", received.calling_ae)
         internal = InstanceRejected(DicomStatus.CANNOT_UNDERSTAND, "internal error")
-        return FilingOutcome(_reject(received, intake, internal), internal.reason)
+        return _reject(received, intake, internal)
     intake.metrics.received.labels(modality=modality_label(record.modality)).inc()
     log.info(
         "stored %s instance %s of study %s from %s%s",
@@ -569,7 +588,10 @@ def _file(record: InstanceRecord, received: _Received, intake: Intake) -> Record
     target = Path(record.path)
     created = not target.exists()
     if not created:
-        intake.joblog.check_patient(record)
+        try:
+            intake.joblog.check_patient(record)
+        except SQLAlchemyError as exc:
+            raise JobLogUnavailable(exc) from None
     try:
         adopt_file(received.path, target, fsync=intake.settings.fsync)
     except OSError as exc:
@@ -583,9 +605,7 @@ def _file(record: InstanceRecord, received: _Received, intake: Intake) -> Record
             adopt_file(target, received.path, fsync=False)
         if isinstance(exc, InstanceRejected):
             raise
-        raise InstanceRejected(
-            DicomStatus.OUT_OF_RESOURCES, f"the job log is unavailable ({_kind(exc)})"
-        ) from None
+        raise JobLogUnavailable(exc) from None
     if outcome.replaced_path is not None:
         _remove_replaced(Path(outcome.replaced_path))
     return outcome
@@ -599,45 +619,80 @@ def _remove_replaced(path: Path) -> None:
         log.error("could not remove the replaced file %s: %s", path.name, _kind(exc))
 
 
-def _reject(received: _Received, intake: Intake, rejection: InstanceRejected) -> int:
+def _reject(received: _Received, intake: Intake, rejection: InstanceRejected) -> FilingOutcome:
     """Log and record a refusal; keep the bytes in quarantine unless the disk is the problem.
 
     Everything here is defensive: the refusal path must work for any data set.
     """
-    quarantine = None
     status = rejection.status
-    if status != DicomStatus.OUT_OF_RESOURCES and received.path.exists():
-        # Unique names: refusals of the same (or no) UID must not overwrite each other.
-        name = received.sop_uid if is_safe_uid(received.sop_uid) else "unnamed"
-        path = intake.settings.quarantine_dir / f"{name}-{uuid.uuid4().hex[:12]}.dcm"
-        try:
-            adopt_file(received.path, path, fsync=intake.settings.fsync)
-            quarantine = str(path)
-        except OSError as exc:
-            log.error("could not quarantine a refused instance: %s", _kind(exc))
-    sop_uid = received.sop_uid if is_safe_uid(received.sop_uid) else None
+    unavailable = isinstance(rejection, JobLogUnavailable)
+    if received.record_refusal:
+        quarantine = _quarantine(received, intake, status)
+        # Not recorded when the job log just failed: a second wait, for the same answer.
+        if not unavailable and not _record_rejection(received, intake, rejection, quarantine):
+            unavailable = True
+        log.warning(
+            "refused instance %s from %s: %s (status 0x%04X)",
+            _safe_uid(received.sop_uid) or loggable_uid(received.sop_uid),
+            received.calling_ae,
+            rejection.reason,
+            status,
+        )
+    intake.metrics.rejected.labels(reason=_reason_label(status)).inc()
+    _audit(intake, received, status)
+    return FilingOutcome(int(status), rejection.reason, unavailable)
+
+
+def _quarantine(received: _Received, intake: Intake, status: int) -> str | None:
+    """Move the refused bytes to ``quarantine/``; where they are, or None."""
+    if status == DicomStatus.OUT_OF_RESOURCES or not received.path.exists():
+        return None
+    # Unique names: refusals of the same (or no) UID must not overwrite each other.
+    name = received.sop_uid if is_safe_uid(received.sop_uid) else "unnamed"
+    path = intake.settings.quarantine_dir / f"{name}-{uuid.uuid4().hex[:12]}.dcm"
+    try:
+        adopt_file(received.path, path, fsync=intake.settings.fsync)
+    except OSError as exc:
+        log.error("could not quarantine a refused instance: %s", _kind(exc))
+        return None
+    return str(path)
+
+
+def _record_rejection(
+    received: _Received, intake: Intake, rejection: InstanceRejected, quarantine: str | None
+) -> bool:
+    """The refusal's job-log row; False when the job log could not take it."""
     try:
         intake.joblog.record_rejection(
             calling_ae=received.calling_ae,
-            status=status,
+            status=rejection.status,
             reason=rejection.reason,
             study_instance_uid=received.study_uid,
-            sop_instance_uid=sop_uid,
-            sop_class_uid=received.sop_class if is_safe_uid(received.sop_class) else None,
+            sop_instance_uid=_safe_uid(received.sop_uid),
+            sop_class_uid=_safe_uid(received.sop_class),
             quarantine_path=quarantine,
         )
     except SQLAlchemyError as exc:
         log.error("could not record a refusal in the job log: %s", _kind(exc))
+        return False
+    return True
+
+
+def _safe_uid(value: str) -> str | None:
+    return value if is_safe_uid(value) else None
+
+
+def count_refusal(intake: Intake, peer: Any, sop_uid: str, status: int) -> None:
+    """A refusal its caller decided without filing (STOW-RS: the part could not be written, or
+    the job log already failed the request): counted in the metrics and the audit trail like
+    any other; the caller summarises it in the log and the job log."""
     intake.metrics.rejected.labels(reason=_reason_label(status)).inc()
-    log.warning(
-        "refused instance %s from %s: %s (status 0x%04X)",
-        sop_uid or loggable_uid(received.sop_uid),
-        received.calling_ae,
-        rejection.reason,
-        status,
-    )
-    _audit(intake, received, status)
-    return int(status)
+    if intake.audit is None:
+        return
+    try:
+        intake.audit.instance(peer, None, _safe_uid(sop_uid), status)
+    except Exception:
+        log.exception("writing the audit trail failed")
 
 
 def _audit(intake: Intake, received: _Received, status: int) -> None:

@@ -127,6 +127,9 @@ def test_stow_rs_intake_is_off_by_default_and_takes_a_port() -> None:
     assert load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "8111"}).dicomweb_port == 8111
     with pytest.raises(ConfigError, match="DICOM_NODE_DICOMWEB_PORT"):
         load_settings(environ={"DICOM_NODE_DICOMWEB_PORT": "70000"})
+    assert load_settings(environ={}).stow_max_parts_per_request == 1000
+    with pytest.raises(ConfigError, match="DICOM_NODE_STOW_MAX_PARTS_PER_REQUEST"):
+        load_settings(environ={"DICOM_NODE_STOW_MAX_PARTS_PER_REQUEST": "0"})
 
 
 def test_roles_and_a_shared_job_log() -> None:

@@ -115,6 +115,22 @@ def test_idle_admin_connections_are_closed(tmp_path: Path, monkeypatch: pytest.M
         node.joblog.close()
 
 
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_admin_http_answers_other_methods_with_405_and_allow(tmp_path: Path, method: str) -> None:
+    node = _node(tmp_path)
+    node.admin.start()
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{node.settings.http_port}/healthz", data=b"{}", method=method
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET"
+    finally:
+        node.admin.stop()
+        node.joblog.close()
+
+
 def test_partial_files_of_a_crash_are_removed_at_start(tmp_path: Path) -> None:
     node = _node(tmp_path)
     leftover = node.settings.inbox_dir / "1.2" / ".tmp-abc.part"
