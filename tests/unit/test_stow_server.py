@@ -7,9 +7,9 @@ import errno
 import io
 import json
 import logging
+import shutil
 import socket
 import sqlite3
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
