@@ -151,9 +151,12 @@ class Settings:
     max_pdu_bytes: int = 131072
     # A peer must complete its A-ASSOCIATE-RQ within this time (idle sockets are dropped).
     association_request_timeout_seconds: float = 5.0
-    # Largest accepted instance (encoded) and largest decoded pixel data, in MiB.
+    # Largest accepted instance (as received, and once inflated when deflated) and largest
+    # decoded pixel data per instance, in MiB.  256 MiB is an 8192 x 8192 16-bit image twice
+    # over (seven times the largest DX detector); the X-ray pipeline peaks at about seven
+    # times an image's decoded size, so this also bounds the worker's memory per image.
     max_instance_mb: int = 1024
-    max_decoded_mb: int = 2048
+    max_decoded_mb: int = 256
     min_free_disk_mb: int = 1024
     fsync: bool = True
     worker_threads: int = 1

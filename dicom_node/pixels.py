@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.pixels.utils import pixel_array
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    RLELossless,
 )
 
 HU_MIN, HU_MAX = -1024, 3071
@@ -48,7 +50,31 @@ def stored_pixels(ds: Dataset) -> np.ndarray:
             else:  # high bits may hold overlays in old data
                 raw = raw & ((1 << bits) - 1)
         return raw
-    return np.asarray(ds.pixel_array)
+    return decoded_pixels(ds)
+
+
+def decoded_pixels(ds: Dataset) -> np.ndarray:
+    """All of the data set's pixels through pydicom's decoders, not kept on the data set.
+
+    RLE goes through pylibjpeg-rle, which decodes into a buffer of the image's size: pydicom's
+    own RLE decoder grows each segment to whatever its runs say (a 2 MB segment can say
+    128 MB) before it compares.  pylibjpeg-rle stops at a run that would pass its buffer with
+    a Rust panic, which Python raises as a ``BaseException`` no handler expects: it becomes a
+    ``ValueError`` here (the worker counts the runs first, ``intake.codestream``, so this is a
+    second line).  ``ds.pixel_array`` would also keep the array on the data set for as long
+    as the data set lives (the whole job); the callers keep what they need.
+    """
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    plugin = "pylibjpeg" if syntax == RLELossless else ""
+    try:
+        return np.asarray(pixel_array(ds, decoding_plugin=plugin))
+    except Exception:
+        raise
+    except BaseException as exc:  # pyo3's PanicException; KeyboardInterrupt etc. go on
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise ValueError("the decoder stopped on data that overruns the image") from None
 
 
 def hu_image(ds: Dataset, step: int = 1) -> np.ndarray:

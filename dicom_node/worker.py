@@ -26,14 +26,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import pydicom
 from pydicom import Dataset
 
 from dicom_node import __version__
 from dicom_node.admin.metrics import Metrics
 from dicom_node.config import Destination
 from dicom_node.domain import OutputContext
-from dicom_node.errors import NotAnalysable, PipelineError
+from dicom_node.errors import InstanceRejected, NotAnalysable, PipelineError
+from dicom_node.intake import codestream
+from dicom_node.intake.inflate import InflateLimitExceeded, read_part10
 from dicom_node.joblog import WorkQueue
 from dicom_node.joblog.records import ClaimedJob, Reclaimed, ResultFile
 from dicom_node.logs import clean, one_line
@@ -43,6 +44,7 @@ from dicom_node.storage import atomic_write
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+MIB = 1024 * 1024
 # The job summary of a study analysed before its sender finished (``ClaimedJob.unfinished``).
 UNFINISHED_SUMMARY = "may be incomplete: the sender ended without release"
 
@@ -71,6 +73,10 @@ class WorkerSettings(Protocol):
     def outbox_dir(self) -> Path: ...
     @property
     def fsync(self) -> bool: ...
+    @property
+    def max_instance_mb(self) -> int: ...
+    @property
+    def max_decoded_mb(self) -> int: ...
 
 
 class Worker:
@@ -169,7 +175,7 @@ class Worker:
         try:
             if job.pipeline is None or not job.sources:
                 raise PipelineError("the job was queued without a routed pipeline and instances")
-            sources = [_read_source(Path(instance.path)) for instance in job.sources]
+            sources = [read_source(Path(i.path), self._settings) for i in job.sources]
             step = "loading the model"
             loaded = self._pipelines.get(job.pipeline)
             step = "analysis"
@@ -292,12 +298,38 @@ def _summary(summary: dict[str, Any], job: ClaimedJob) -> dict[str, Any]:
     return {"unfinished": UNFINISHED_SUMMARY, **summary}
 
 
-def _read_source(path: Path) -> Dataset:
+class SourceLimits(Protocol):
+    @property
+    def max_instance_mb(self) -> int: ...
+    @property
+    def max_decoded_mb(self) -> int: ...
+
+
+def read_source(path: Path, limits: SourceLimits) -> Dataset:
+    """One source instance, read whole and checked before any decoder runs.
+
+    Intake checked it already, but an inbox file may predate a check or a lowered limit: a
+    deflated data set inflates to at most ``max_instance_mb``, and the pixels must fit
+    ``max_decoded_mb`` with every compressed frame's own header agreeing with the data set
+    (``intake.codestream``); otherwise the job fails naming the instance, nothing decoded.
+    """
     try:
-        return pydicom.dcmread(path)
+        dataset = read_part10(path, limits.max_instance_mb * MIB)
     except FileNotFoundError:
         raise PipelineError(f"source file missing from the inbox: {path.name}") from None
+    except InflateLimitExceeded:
+        raise PipelineError(
+            f"instance {path.stem}: the deflated data set inflates to more than "
+            f"max_instance_mb={limits.max_instance_mb}; not read"
+        ) from None
     except Exception as exc:  # accepted at intake, so this is damage on disk
         raise PipelineError(
             f"instance {path.stem}: the stored file cannot be read ({type(exc).__name__})"
         ) from None
+    if "PixelData" in dataset:
+        syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+        try:
+            codestream.check_dataset(dataset, syntax, limits.max_decoded_mb)
+        except InstanceRejected as refused:
+            raise PipelineError(f"instance {path.stem}: {refused.reason}; not decoded") from None
+    return dataset

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import uuid
 from collections.abc import Callable
@@ -32,7 +33,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_node.admin.metrics import Metrics, modality_label
 from dicom_node.errors import DicomStatus, InstanceRejected
-from dicom_node.intake import pynetdicom_adapter
+from dicom_node.intake import codestream, pynetdicom_adapter
+from dicom_node.intake.inflate import InflateError, InflateLimitExceeded, read_part10
 from dicom_node.joblog import IntakeLog
 from dicom_node.joblog.records import InstanceRecord, RecordOutcome
 from dicom_node.logs import clean, loggable_uid
@@ -225,17 +227,19 @@ def handle_store(event: evt.Event, intake: Intake) -> int:
       off) and the instance is in the job log; a resent instance of the same study replaces
       its file without starting another analysis.
     * ``0xA700`` Out of Resources: free disk space is below ``min_free_disk_mb``; the instance
-      is larger than ``max_instance_mb`` or its pixels would decode to more than
-      ``max_decoded_mb``; writing failed; or the job log is unavailable (locked): the sender
-      may retry later.
+      is larger than ``max_instance_mb`` (a deflated one once inflated) or its pixels would
+      decode to more than ``max_decoded_mb``; writing failed; or the job log is unavailable
+      (locked): the sender may retry later.
     * ``0xA900`` Data Set Does Not Match SOP Class: a UID that filing needs is missing or
       invalid; the SOP Instance UID differs from the request's or is already filed in another
       study (a UID names one instance of one study: a second study never takes it over);
       the patient (PatientID and its issuer) differs from the study's earlier instances;
       group 0002 (File Meta) elements inside the data set; Pixel Data missing or empty; an
-      incomplete image pixel description.
+      incomplete image pixel description; a compressed frame whose own header (JPEG SOF,
+      JPEG 2000 SIZ, RLE segments) disagrees with it (``codestream``).
     * ``0xC000`` Cannot Understand: the header cannot be parsed (the step is named), native
-      Pixel Data is shorter than declared, or an unexpected error (the association goes on).
+      Pixel Data is shorter than declared, encapsulated Pixel Data or a deflate stream cannot
+      be read, or an unexpected error (the association goes on).
 
     Never raises: an exception here would become pynetdicom's 0xC211 with nothing recorded.
     """
@@ -310,7 +314,7 @@ def file_received(received: _Received, intake: Intake) -> FilingOutcome:
     """Check, file and record one received instance (or refuse it); never raises."""
     try:
         received.size_bytes = _check_resources(received.path, intake.settings)
-        header = _read_header(received.path)
+        header = _read_header(received.path, intake.settings.max_instance_mb)
         received.study_uid = _uid_or_none(header, "StudyInstanceUID")
         record = _check(header, received, intake.settings)
         outcome = _file(record, received, intake)
@@ -351,7 +355,7 @@ def refile_unrecorded(settings: IntakeSettings, joblog: IntakeLog) -> int:
         if str(path) in known or path.name.startswith(".tmp-"):
             continue
         try:
-            header = _read_header(path)
+            header = _read_header(path, settings.max_instance_mb)
             record = _recovered_record(header, path)
             joblog.record_instance(record)
         except (InstanceRejected, SQLAlchemyError, OSError) as exc:
@@ -385,15 +389,28 @@ def _check_resources(path: Path, settings: IntakeSettings) -> int:
     return size
 
 
-def _read_header(path: Path) -> Dataset:
-    """Parse everything but large values; a broken header is refused naming the step."""
+def _read_header(path: Path, max_instance_mb: int) -> Dataset:
+    """Parse everything but large values; a broken header is refused naming the step.
+
+    A deflated data set is inflated as a stream and counted: more than ``max_instance_mb``
+    inflated is refused (``0xA700``) at the chunk that crosses it, with nothing held.
+    """
     try:
-        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES)
+        dataset = read_part10(path, max_instance_mb * MIB, defer_size=DEFER_BYTES)
         # pydicom parses lazily: convert every small element now, so a broken value is
         # refused here rather than found later by the worker.  Large ones stay on disk.
         _touch(dataset, depth=0)
     except InstanceRejected:
         raise
+    except InflateLimitExceeded:
+        raise InstanceRejected(
+            DicomStatus.OUT_OF_RESOURCES,
+            f"the deflated data set inflates to more than max_instance_mb={max_instance_mb}",
+        ) from None
+    except InflateError as exc:
+        raise InstanceRejected(
+            DicomStatus.CANNOT_UNDERSTAND, f"the deflated data set cannot be inflated ({exc})"
+        ) from None
     except Exception as exc:  # pydicom raises many kinds on garbage
         raise InstanceRejected(
             DicomStatus.CANNOT_UNDERSTAND, f"data set header cannot be parsed ({_kind(exc)})"
@@ -430,7 +447,7 @@ def _touch(dataset: Dataset, depth: int) -> None:
             DicomStatus.CANNOT_UNDERSTAND, f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}"
         )
     for tag in list(dataset.keys()):
-        raw = dataset.get_item(tag)
+        raw = dataset.get_item(tag, keep_deferred=True)  # never read a deferred value
         if isinstance(raw, RawDataElement) and raw.length > DEFER_BYTES:
             continue
         element = dataset[tag]
@@ -456,7 +473,7 @@ def _check(header: Dataset, received: _Received, settings: IntakeSettings) -> In
         raise InstanceRejected(_INVALID, "StudyInstanceUID differs from the study in the URL")
     _check_no_file_meta_in_data_set(header, received)
     transfer_syntax = UID(received.transfer_syntax)
-    _check_pixel_data(header, transfer_syntax, settings)
+    _check_pixel_data(header, transfer_syntax, settings, received.path)
     target = inbox_path(
         settings.inbox_dir,
         uids["StudyInstanceUID"],
@@ -510,53 +527,59 @@ def _record_from(
     )
 
 
-def _check_pixel_data(header: Dataset, transfer_syntax: UID, settings: IntakeSettings) -> None:
-    """Refuse image datasets without pixels, with fewer pixel bytes than declared, or whose
-    pixels would decode to more than ``max_decoded_mb`` (checked before anything decodes).
+def _check_pixel_data(
+    header: Dataset, transfer_syntax: UID, settings: IntakeSettings, path: Path
+) -> None:
+    """Refuse image datasets without pixels, with fewer pixel bytes than declared, whose
+    pixels would decode to more than ``max_decoded_mb``, or whose compressed frames' own
+    headers disagree with Rows, Columns, Samples per Pixel or Bits Allocated (``codestream``:
+    checked before anything decodes, reading only those headers).
 
     Compressed pixel data cannot be checked further without decoding; a broken stream there
     shows up as a failed job naming the instance and the decode step.
     """
     if "PixelData" not in header:
         raise InstanceRejected(_INVALID, "Pixel Data (7FE0,0010) is missing")
-    try:
-        rows, columns = int(header.Rows), int(header.Columns)
-        bits = int(header.BitsAllocated)
-        samples = int(header.get("SamplesPerPixel", 1) or 1)
-        frames = int(header.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError, OverflowError) as exc:
-        raise InstanceRejected(
-            _INVALID, f"image pixel description incomplete ({_kind(exc)})"
-        ) from None
-    if min(rows, columns, bits, samples, frames) <= 0 or bits > 64:
-        raise InstanceRejected(
-            _INVALID,
-            f"image pixel description invalid: {rows}x{columns}, {bits} bits allocated, "
-            f"{samples} sample(s), {frames} frame(s)",
-        )
-    expected = (rows * columns * samples * frames * bits + 7) // 8
-    if expected > settings.max_decoded_mb * MIB:
-        raise InstanceRejected(
-            DicomStatus.OUT_OF_RESOURCES,
-            f"pixels would decode to {expected / MIB:.0f} MiB, more than "
-            f"max_decoded_mb={settings.max_decoded_mb}",
-        )
+    geometry = codestream.geometry_of(header)
+    codestream.check_decoded_size(geometry, settings.max_decoded_mb)
     length = _pixel_data_length(header)
     if length == 0:
         raise InstanceRejected(_INVALID, "Pixel Data (7FE0,0010) is empty")
+    if codestream.is_checked(transfer_syntax):
+        _check_frames(header, transfer_syntax, geometry, path)
     if transfer_syntax.is_compressed or length is None:
         return
+    expected = geometry.decoded_bytes
     if length < expected:
         raise InstanceRejected(
             DicomStatus.CANNOT_UNDERSTAND,
             f"Pixel Data truncated: {length} bytes, {expected} expected "
-            f"for {frames} frame(s) of {rows}x{columns}",
+            f"for {geometry.frames} frame(s) of {geometry.rows}x{geometry.columns}",
         )
+
+
+def _check_frames(
+    header: Dataset, transfer_syntax: UID, geometry: codestream.Geometry, path: Path
+) -> None:
+    """The frame headers of encapsulated Pixel Data, read where the value lies (on disk when
+    the header read deferred it)."""
+    element = header.get_item("PixelData", keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        with path.open("rb") as handle:
+            end = path.stat().st_size
+            if element.length != 0xFFFFFFFF:
+                end = min(end, element.value_tell + element.length)
+            handle.seek(element.value_tell)
+            codestream.check_frames(handle, end, transfer_syntax, geometry)
+        return
+    value = element.value if isinstance(element, RawDataElement) else header.PixelData
+    data = bytes(value or b"")
+    codestream.check_frames(io.BytesIO(data), len(data), transfer_syntax, geometry)
 
 
 def _pixel_data_length(header: Dataset) -> int | None:
     """Bytes of Pixel Data without reading them; None for undefined length (encapsulated)."""
-    element = header.get_item("PixelData")
+    element = header.get_item("PixelData", keep_deferred=True)
     if isinstance(element, RawDataElement):  # deferred: only its length was read
         return None if element.length == 0xFFFFFFFF else int(element.length)
     value = header.PixelData

@@ -56,7 +56,7 @@ def test_a_header_that_cannot_be_parsed_is_refused_with_cannot_understand(
     pixel_tag = data.rindex(b"\xe0\x7f\x10\x00")
     path.write_bytes(data[:pixel_tag] + broken + b"\x08\x00\x16\x00UI\x02\x001\x00")
     with pytest.raises(InstanceRejected) as refused:
-        _read_header(path)
+        _read_header(path, max_instance_mb=1024)
     assert refused.value.status == 0xC000
     assert "header cannot be parsed" in refused.value.reason
 

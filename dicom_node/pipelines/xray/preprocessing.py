@@ -30,6 +30,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 
 from dicom_node.errors import PreprocessingError
 from dicom_node.pixels import LoadedImage as LoadedImage  # read_image's result
+from dicom_node.pixels import decoded_pixels
 
 __all__ = [
     "DEFAULT_CENTRAL_MARGIN",
@@ -65,8 +66,11 @@ REDUCING_GAP = 3.0
 
 
 def display_to_uint8(display: np.ndarray) -> np.ndarray:
-    """The display image as 8-bit MONOCHROME2 (what a viewer shows)."""
-    return np.asarray(np.rint(np.clip(display, 0.0, 1.0) * 255.0), dtype=np.uint8)
+    """The display image as 8-bit MONOCHROME2 (what a viewer shows); one float temporary."""
+    scaled = np.clip(display, 0.0, 1.0)
+    scaled *= 255.0
+    np.rint(scaled, out=scaled)
+    return np.asarray(scaled, dtype=np.uint8)
 
 
 def _voi_output_range(ds: Dataset) -> tuple[float, float]:
@@ -81,14 +85,20 @@ def _voi_output_range(ds: Dataset) -> tuple[float, float]:
 
 
 def dataset_to_display(ds: Dataset) -> np.ndarray:
-    """DICOM -> display image: Modality LUT, VOI LUT/windowing, MONOCHROME1 inverted; [0, 1]."""
+    """DICOM -> display image: Modality LUT, VOI LUT/windowing, MONOCHROME1 inverted; [0, 1].
+
+    Grey images of up to 16 bits are mapped through a table of every possible stored value
+    (the same transforms on at most 65536 values, looked up per pixel): memory is the decoded
+    array plus the float32 result, where transforming the image itself made two float64
+    copies of it (about 11 bytes per pixel beside a 16-bit decoded array of 2).
+    """
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise PreprocessingError("the DICOM object has no pixel data")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise PreprocessingError(f"multi-frame images ({frames} frames) are not supported")
     try:
-        pixels = ds.pixel_array
+        pixels = decoded_pixels(ds)
     except Exception as exc:  # pydicom raises many types for unsupported encodings
         raise PreprocessingError(f"cannot decode the pixel data: {exc}") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -100,20 +110,45 @@ def dataset_to_display(ds: Dataset) -> np.ndarray:
         return _minmax(grey) if pixels.dtype != np.uint8 else grey / np.float32(255.0)
     if pixels.ndim != 2:
         raise PreprocessingError(f"unsupported pixel array shape {pixels.shape}")
-
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+    if pixels.dtype.kind in "iu" and pixels.itemsize <= 2:
+        index = pixels.view(f"u{pixels.itemsize}")
+        codes = np.arange(1 << (8 * pixels.itemsize), dtype=index.dtype).view(pixels.dtype)
+        values = apply_modality_lut(codes, ds)
+        if windowed:
+            return np.asarray(_windowed(values, ds, photometric)[index])
+        display = np.asarray(np.asarray(values, dtype=np.float32)[index])
+        return _stretched(display, photometric)
     values = apply_modality_lut(pixels, ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        lo, hi = _voi_output_range(ds)
-        windowed = apply_voi_lut(values, ds, index=0)
-        display = (np.asarray(windowed, dtype=np.float32) - np.float32(lo)) / np.float32(
-            max(hi - lo, 1e-6)
-        )
-        display = np.clip(display, 0.0, 1.0)
-    else:
-        display = _minmax(np.asarray(values, dtype=np.float32))
+    if windowed:
+        return _windowed(values, ds, photometric)
+    return _stretched(np.asarray(values, dtype=np.float32), photometric)
+
+
+def _windowed(values: np.ndarray, ds: Dataset, photometric: str) -> np.ndarray:
+    """Modality values -> display through the data set's VOI LUT or window."""
+    lo, hi = _voi_output_range(ds)
+    windowed = apply_voi_lut(values, ds, index=0)
+    display = (np.asarray(windowed, dtype=np.float32) - np.float32(lo)) / np.float32(
+        max(hi - lo, 1e-6)
+    )
+    display = np.clip(display, 0.0, 1.0)
     if photometric == "MONOCHROME1":
         display = 1.0 - display
-    return display.astype(np.float32, copy=False)
+    return np.asarray(display, dtype=np.float32)
+
+
+def _stretched(values: np.ndarray, photometric: str) -> np.ndarray:
+    """float32 modality values -> display over their full range, in place."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        values[...] = 0.0
+    else:
+        values -= lo
+        values /= hi - lo
+    if photometric == "MONOCHROME1":
+        np.subtract(1.0, values, out=values)
+    return values
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:
