@@ -12,8 +12,9 @@ Responses (PS3.18 10.5.3): 200 all stored, 202 some stored, 409 none stored, eac
 Reason = the DICOM status); 400 malformed, 413 too large for the free disk, 415 not
 ``multipart/related; type="application/dicom"``, 503 busy (``maximum_associations``).
 
-No TLS or authentication here: bind it to loopback (the default) or behind a reverse proxy
-that provides them.
+The connection handling, deadlines, TLS and client authentication are ``web``'s
+(``dicomweb_tls``, ``dicomweb_auth``, ``http_*``); a request the guard drops mid-body fails its
+read, and nothing of it stays behind.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -40,6 +41,7 @@ from dicom_node.errors import DicomStatus, IntakeRefused
 from dicom_node.intake.filing import Accepted, FilingOutcome, Intake, IntakeSettings, file_part10
 from dicom_node.logs import clean
 from dicom_node.storage import free_disk_mb, is_safe_uid
+from dicom_node.web import GuardedHandler, GuardedHTTPServer, PortPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +79,24 @@ class StowPeer:
 
 
 class StowServer:
-    def __init__(self, intake: Intake, accepted: Accepted, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        accepted: Accepted,
+        audit: AuditLog | None = None,
+        policy: PortPolicy | None = None,
+    ) -> None:
         settings = intake.settings
         assert settings.dicomweb_port is not None
         self._intake = intake
         self._accepted = accepted
         self._audit = audit
         self._slots = threading.BoundedSemaphore(settings.maximum_associations)
-        self._server = ThreadingHTTPServer(
-            (settings.dicomweb_host, settings.dicomweb_port), self._handler_class()
+        self._server = GuardedHTTPServer(
+            (settings.dicomweb_host, settings.dicomweb_port),
+            self._handler_class(),
+            policy or PortPolicy("STOW-RS"),
         )
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="stow-rs", daemon=True
         )
@@ -98,8 +107,12 @@ class StowServer:
 
     def start(self) -> None:
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        log.info("STOW-RS intake on http://%s:%d/dicom-web/studies", host, port)
+        policy = self._server.policy
+        log.info(
+            "STOW-RS intake on %s/dicom-web/studies (%s)",
+            self._server.url,
+            policy.access.describe(),
+        )
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -142,10 +155,10 @@ class StowServer:
             self._audit.association_ended(peer, "released", **peer.fields())
         log.info("STOW-RS request from %s: %d instance(s)", peer.address, len(outcomes))
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[GuardedHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (libcurl sends it)
             # A client that stops sending is dropped after this long (socket timeout).
             timeout = server._intake.settings.network_timeout_seconds
@@ -216,6 +229,13 @@ class _SpooledBody:
         self._file: BinaryIO | None = None
 
     def __enter__(self) -> _Body:
+        try:
+            return self._receive()
+        except BaseException:
+            self.__exit__()  # a read that failed (a dropped client) leaves no spool file behind
+            raise
+
+    def _receive(self) -> _Body:
         room_mb = free_disk_mb(self._dir) - self._settings.min_free_disk_mb
         length = self._handler.headers.get("Content-Length")
         chunked = "chunked" in self._handler.headers.get("Transfer-Encoding", "").lower()
