@@ -176,6 +176,11 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         with self._lock:
             return len(self._waiting) + len(self._served)
 
+    def served_connections(self) -> int:
+        """Connections whose request head is in and a handler thread serves."""
+        with self._lock:
+            return len(self._served)
+
     # -- the accepting and receiving loop -----------------------------------------------------
 
     def serve_forever(self, poll_interval: float = TICK_SECONDS) -> None:

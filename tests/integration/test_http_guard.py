@@ -104,6 +104,21 @@ def stow_port(node: SandboxNode) -> int:
     return int(node.env["DICOM_NODE_DICOMWEB_PORT"])
 
 
+def start_stow_node(sandbox: list[SandboxNode], tmp_path: Path, **settings: object) -> SandboxNode:
+    """A node with STOW-RS on, once that port listens too (it starts after the admin port,
+    which ``start_node`` waits for)."""
+    node = start_node(sandbox, tmp_path, wait_models=False, dicomweb_port=free_port(), **settings)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", stow_port(node)), timeout=5).close()
+            return node
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def spool_files(node: SandboxNode) -> list[Path]:
     return list(node.data_dir.glob(".tmp-*"))
 
@@ -111,11 +126,9 @@ def spool_files(node: SandboxNode) -> list[Path]:
 def test_header_slowloris_on_both_ports_is_dropped_and_threads_stay_bounded(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
-    node = start_node(
+    node = start_stow_node(
         sandbox,
         tmp_path,
-        wait_models=False,
-        dicomweb_port=free_port(),
         http_header_timeout_seconds=2,
         http_max_connections=32,
         **QUICK,
@@ -150,11 +163,9 @@ def test_header_slowloris_on_both_ports_is_dropped_and_threads_stay_bounded(
 def test_trickling_uploads_are_dropped_and_a_normal_upload_is_then_served(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
-    node = start_node(
+    node = start_stow_node(
         sandbox,
         tmp_path,
-        wait_models=False,
-        dicomweb_port=free_port(),
         maximum_associations=4,
         reserved_associations=0,
         http_min_body_kib_per_second=1,
@@ -197,11 +208,9 @@ def test_trickling_uploads_are_dropped_and_a_normal_upload_is_then_served(
 def test_a_fast_large_upload_is_not_dropped_by_the_rate_rule(
     sandbox: list[SandboxNode], tmp_path: Path
 ) -> None:
-    node = start_node(
+    node = start_stow_node(
         sandbox,
         tmp_path,
-        wait_models=False,
-        dicomweb_port=free_port(),
         http_min_body_kib_per_second=1024,  # 1 MiB/s
         http_body_grace_seconds=1,
         **QUICK,
@@ -239,11 +248,9 @@ def client_context(pki: Pki, identity: str | None = "client") -> ssl.SSLContext:
 def test_stow_over_https_needs_a_trusted_client_certificate(
     sandbox: list[SandboxNode], tmp_path: Path, pki: Pki
 ) -> None:
-    node = start_node(
+    node = start_stow_node(
         sandbox,
         tmp_path,
-        wait_models=False,
-        dicomweb_port=free_port(),
         dicomweb_tls="true",
         dicomweb_auth="mtls",
         tls_cert=pki.node.cert,

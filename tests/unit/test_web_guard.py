@@ -156,7 +156,7 @@ def test_at_the_cap_with_every_connection_served_a_newcomer_gets_503() -> None:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
             busy.append(sock)
         deadline = time.monotonic() + 10
-        while server.open_connections() < 2 and time.monotonic() < deadline:
+        while server.served_connections() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.6)  # older than the eviction age, but served: not evictable
         newcomer = socket.create_connection(("127.0.0.1", port(server)))
