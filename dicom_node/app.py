@@ -35,6 +35,7 @@ from dicom_node.intake.stow_server import StowServer
 from dicom_node.joblog import JobLog, migrate
 from dicom_node.registry import PipelineRegistry
 from dicom_node.storage import free_disk_mb, remove_partial_files
+from dicom_node.web import admin_policy, dicomweb_policy
 from dicom_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,17 @@ class Node:
             settings, self.joblog.queue, self.pipelines, self.metrics, self.sender.wake
         )
         self.assembler = StudyAssembler(settings, self.joblog.assembly, self.worker.wake)
-        self.admin = AdminServer(settings.http_host, settings.http_port, self.metrics, self.health)
+        # The HTTP ports' TLS contexts and tokens too; a port off loopback without TLS and
+        # authentication stops the start here (unless allow_insecure_http).
+        stow_on = settings.has_role("intake") and settings.dicomweb_port is not None
+        self._stow_policy = dicomweb_policy(settings) if stow_on else None
+        self.admin = AdminServer(
+            settings.http_host,
+            settings.http_port,
+            self.metrics,
+            self.health,
+            admin_policy(settings),
+        )
         self._scp: Any = None
         self.stow: StowServer | None = None
         self._stopped = threading.Event()
@@ -119,8 +130,8 @@ class Node:
                 self.assembler.association_ended if assembly else _nothing,
             )
             self._scp = start_scp(settings, intake, self.gate)
-            if settings.dicomweb_port is not None:
-                self.stow = StowServer(intake, stow_accepted(), self.audit)
+            if self._stow_policy is not None:
+                self.stow = StowServer(intake, stow_accepted(), self.audit, self._stow_policy)
                 self.stow.start()
         log.info("dicom-node %s ready (research use only, not for diagnosis)", __version__)
 

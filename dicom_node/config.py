@@ -35,6 +35,9 @@ FALLBACK_QUIET_SECONDS = 10.0
 # complete, run the models, deliver the results.  One process does all four by default.
 ROLES: tuple[str, ...] = ("intake", "assembly", "worker", "sender")
 
+# Client authentication on an HTTP port (``admin_auth``, ``dicomweb_auth``; see ``web.auth``).
+HTTP_AUTH_MODES: tuple[str, ...] = ("none", "mtls", "token")
+
 
 @dataclass(frozen=True)
 class PacsAddress:
@@ -110,6 +113,26 @@ class Settings:
     # Parts (instances) in one STOW-RS request; more are refused whole (413) before anything
     # is filed.  1000 holds a thin-slice chest CT series (about 600 slices at 0.625 mm).
     stow_max_parts_per_request: int = 1000
+    # Both HTTP ports (admin, STOW-RS), see ``web``: TLS handshake + request line + headers
+    # within the first; a whole request within the second; a body slower than the minimum
+    # rate (averaged over the time spent waiting for it, after the grace) is dropped;
+    # connections at once per port.
+    http_header_timeout_seconds: float = 10.0
+    http_request_timeout_seconds: float = 900.0
+    http_min_body_kib_per_second: float = 16.0
+    http_body_grace_seconds: float = 10.0
+    http_max_connections: int = 64
+    # HTTPS with tls_cert / tls_key, and who may connect: none, mtls (a client certificate
+    # from tls_ca) or token (``Authorization: Bearer``, the token read from the file).
+    admin_tls: bool = False
+    admin_auth: str = "none"
+    admin_token_file: Path | None = None
+    dicomweb_tls: bool = False
+    dicomweb_auth: str = "none"
+    dicomweb_token_file: Path | None = None
+    # A port off loopback without TLS and authentication refuses to start unless this is
+    # set (a proxy or firewall protects it; the docker-compose demo).
+    allow_insecure_http: bool = False
     data_dir: Path = Path("var")
     # The job log: None = the SQLite file in data_dir; ``postgresql+psycopg://user@host/db``
     # for one job log shared by several node processes and hosts.
@@ -252,10 +275,36 @@ class Settings:
             raise ConfigError(f"{_label('send_max_attempts')}: must be >= 1")
         if self.send_backoff_seconds <= 0 or self.send_backoff_max_seconds <= 0:
             raise ConfigError(f"{_label('send_backoff_seconds')}: must be > 0")
+        self._check_http()
         if self.network_timeout_seconds <= 0:
             raise ConfigError(f"{_label('network_timeout_seconds')}: must be > 0")
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"{_label('log_level')}: one of DEBUG, INFO, WARNING, ERROR")
+
+    def _check_http(self) -> None:
+        for name in (
+            "http_header_timeout_seconds",
+            "http_request_timeout_seconds",
+            "http_body_grace_seconds",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{_label(name)}: must be > 0")
+        if self.http_min_body_kib_per_second < 0:
+            raise ConfigError(f"{_label('http_min_body_kib_per_second')}: must be >= 0 (0: off)")
+        if self.http_max_connections < 1:
+            raise ConfigError(f"{_label('http_max_connections')}: must be >= 1")
+        for port in ("admin", "dicomweb"):
+            tls_on, auth = getattr(self, f"{port}_tls"), getattr(self, f"{port}_auth")
+            if auth not in HTTP_AUTH_MODES:
+                raise ConfigError(
+                    f"{_label(f'{port}_auth')}: one of {', '.join(HTTP_AUTH_MODES)}, got {auth!r}"
+                )
+            if tls_on and self.tls_cert is None:
+                raise ConfigError(f"{_label(f'{port}_tls')}: needs tls_cert and tls_key")
+            if auth == "mtls" and (not tls_on or self.tls_ca is None):
+                raise ConfigError(f"{_label(f'{port}_auth')}: mtls needs {port}_tls and tls_ca")
+            if auth == "token" and getattr(self, f"{port}_token_file") is None:
+                raise ConfigError(f"{_label(f'{port}_auth')}: token needs {port}_token_file")
 
     def quiet_seconds(self, modality: str | None) -> float:
         """How long a study must stay quiet before it counts as complete."""
@@ -373,6 +422,8 @@ def _coerce(name: str, raw: Any) -> Any:
         if kind == "roles":
             items = raw.split(",") if isinstance(raw, str) else list(raw)
             return tuple(str(item).strip().lower() for item in items if str(item).strip())
+        if kind == "lower":
+            return str(raw).strip().lower()
         if kind == "optstr":
             return str(raw).strip() or None
         if kind == "bool":
@@ -426,6 +477,18 @@ _FIELD_KINDS: dict[str, str] = {
     "dicomweb_port": "optport",
     "dicomweb_host": "str",
     "stow_max_parts_per_request": "int",
+    "http_header_timeout_seconds": "float",
+    "http_request_timeout_seconds": "float",
+    "http_min_body_kib_per_second": "float",
+    "http_body_grace_seconds": "float",
+    "http_max_connections": "int",
+    "admin_tls": "bool",
+    "admin_auth": "lower",
+    "admin_token_file": "optpath",
+    "dicomweb_tls": "bool",
+    "dicomweb_auth": "lower",
+    "dicomweb_token_file": "optpath",
+    "allow_insecure_http": "bool",
     "data_dir": "path",
     "database_url": "optstr",
     "roles": "roles",

@@ -1,4 +1,9 @@
-"""Admin HTTP on loopback: ``/healthz`` (JSON) and Prometheus ``/metrics``."""
+"""Admin HTTP: ``/healthz`` (JSON) and Prometheus ``/metrics``.
+
+On loopback by default; the connection handling, deadlines, TLS and client authentication
+are ``web``'s (``admin_tls``, ``admin_auth``, ``http_*``).  ``/healthz`` answers without
+authentication (load balancers), every other path needs it when ``admin_auth`` is set.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,33 @@ import json
 import logging
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicom_node.admin.metrics import Metrics
+from dicom_node.web import GuardedHandler, GuardedHTTPServer, PortPolicy
 
 log = logging.getLogger(__name__)
 
-# An admin client that sends nothing for this long is disconnected (idle sockets would
-# otherwise each hold a thread for ever).
+# A single read or write of an admin client that stalls this long fails (the request head
+# itself has ``http_header_timeout_seconds``, before any thread serves it).
 IDLE_TIMEOUT_SECONDS = 10.0
 
 
 class AdminServer:
     def __init__(
-        self, host: str, port: int, metrics: Metrics, health: Callable[[], dict[str, Any]]
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Callable[[], dict[str, Any]],
+        policy: PortPolicy | None = None,
     ) -> None:
         self._metrics = metrics
         self._health = health
         handler = self._handler_class()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        self._server = GuardedHTTPServer((host, port), handler, policy or PortPolicy("admin HTTP"))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="admin-http", daemon=True
         )
@@ -39,16 +48,16 @@ class AdminServer:
 
     def start(self) -> None:
         self._thread.start()
-        log.info("admin HTTP on http://%s:%d", *self._server.server_address[:2])
+        log.info("admin HTTP on %s (%s)", self._server.url, self._server.policy.access.describe())
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[GuardedHandler]:
         admin = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             timeout = IDLE_TIMEOUT_SECONDS  # socket timeout for reading the request
 
             def do_GET(self) -> None:

@@ -29,8 +29,9 @@ request of garbage parts cannot flood the disk, the log and ``dicom-node jobs``.
 log is unavailable (locked), the part that finds it so waits its busy timeout (about 2 s) and
 the request's remaining parts are refused at once with ``0xA700``.
 
-No TLS or authentication here: bind it to loopback (the default) or behind a reverse proxy
-that provides them.
+The connection handling, deadlines, TLS and client authentication are ``web``'s
+(``dicomweb_tls``, ``dicomweb_auth``, ``http_*``); a request the guard drops mid-body fails its
+read, and nothing of it stays behind.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,6 +72,7 @@ from dicom_node.intake.filing import (
 )
 from dicom_node.logs import clean
 from dicom_node.storage import free_disk_mb, is_safe_uid
+from dicom_node.web import GuardedHandler, GuardedHTTPServer, PortPolicy
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +152,24 @@ class _Framing:
 
 
 class StowServer:
-    def __init__(self, intake: Intake, accepted: Accepted, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        accepted: Accepted,
+        audit: AuditLog | None = None,
+        policy: PortPolicy | None = None,
+    ) -> None:
         settings = intake.settings
         assert settings.dicomweb_port is not None
         self._intake = intake
         self._accepted = accepted
         self._audit = audit
         self._slots = threading.BoundedSemaphore(settings.maximum_associations)
-        self._server = ThreadingHTTPServer(
-            (settings.dicomweb_host, settings.dicomweb_port), self._handler_class()
+        self._server = GuardedHTTPServer(
+            (settings.dicomweb_host, settings.dicomweb_port),
+            self._handler_class(),
+            policy or PortPolicy("STOW-RS"),
         )
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="stow-rs", daemon=True
         )
@@ -171,8 +180,12 @@ class StowServer:
 
     def start(self) -> None:
         self._thread.start()
-        host, port = self._server.server_address[:2]
-        log.info("STOW-RS intake on http://%s:%d/dicom-web/studies", host, port)
+        policy = self._server.policy
+        log.info(
+            "STOW-RS intake on %s/dicom-web/studies (%s)",
+            self._server.url,
+            policy.access.describe(),
+        )
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -270,11 +283,11 @@ class StowServer:
             self._audit.association_ended(peer, "released", **peer.fields())
         log.info("STOW-RS request from %s: %d instance(s)", peer.address, len(request.outcomes))
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+    def _handler_class(self) -> type[GuardedHandler]:
         server = self
         settings = self._intake.settings
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             protocol_version = "HTTP/1.1"  # answers "Expect: 100-continue" (libcurl sends it)
             # A request line without a valid version is answered with a status line, not in
             # HTTP/0.9 style (a bare body that no HTTP/1 client can read).

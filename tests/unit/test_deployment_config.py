@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from dicom_node.config import PacsAddress, load_settings
+from dicom_node.errors import ConfigError
+from dicom_node.web import admin_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,3 +100,25 @@ def test_compose_gateway_and_workers_share_the_job_log_and_the_data_volume() -> 
         "sender",
     }
     assert "worker" not in roles["gateway"]
+
+
+def _image_environment() -> dict[str, str]:
+    """The ``ENV`` settings of the Dockerfile (what every container starts with)."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for item in shlex.split(line[len("ENV ") :]):
+                name, _, value = item.partition("=")
+                values[name] = value
+    return values
+
+
+def test_compose_node_services_start_with_the_images_admin_port_off_loopback() -> None:
+    image = _image_environment()
+    assert image["DICOM_NODE_HTTP_HOST"] == "0.0.0.0"  # published on the host's loopback only
+    with pytest.raises(ConfigError, match=r"^http_host .*allow_insecure_http"):
+        admin_policy(load_settings(environ=image))  # the image alone refuses to start
+    for name in ("dicom-node", "worker"):
+        environment = {**image, **_compose()["services"][name]["environment"]}
+        admin_policy(load_settings(environ=environment))  # the demo's explicit opt-out

@@ -99,11 +99,8 @@ def test_health_answers_while_a_model_is_loading(tmp_path: Path) -> None:
         node.joblog.close()
 
 
-def test_idle_admin_connections_are_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dicom_node.admin.http as http_admin
-
-    monkeypatch.setattr(http_admin, "IDLE_TIMEOUT_SECONDS", 0.5)
-    node = _node(tmp_path)
+def test_idle_admin_connections_are_closed(tmp_path: Path) -> None:
+    node = _node(tmp_path, http_header_timeout_seconds=0.5)
     node.admin.start()
     try:
         idle = socket.create_connection(("127.0.0.1", node.settings.http_port))
