@@ -395,6 +395,9 @@ def test_mutated_datasets_never_break_the_node(tmp_path: Path) -> None:
         tmp_path / "node.log",
         worker_threads=1,
         study_quiet_seconds=1,
+        # Cases that end their association with an abort hold their study for the resend
+        # (``interrupted_study_hold_seconds``); here no resend comes.
+        interrupted_study_hold_seconds=2,
     )
     run = Run(seed)
     try:
