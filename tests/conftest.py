@@ -74,3 +74,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "browser: drives Debian's chromium with playwright-core (needs node and npm)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs ``serve`` in-process configures the root logger on a stream pytest
+    closes afterwards; later tests would then print "--- Logging error ---" tracebacks."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

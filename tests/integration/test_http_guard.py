@@ -169,7 +169,8 @@ def test_trickling_uploads_are_dropped_and_a_normal_upload_is_then_served(
         maximum_associations=4,
         reserved_associations=0,
         http_min_body_kib_per_second=1,
-        http_body_grace_seconds=2,
+        # Long enough for the uploads to be seen holding every slot on a loaded machine.
+        http_body_grace_seconds=8,
         **QUICK,
     )
     head = (
