@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 
 from tests.support.dicom_client import StoreSession
-from tests.support.factories import small_cr
+from tests.support.factories import hand_crs, small_cr
 from tests.support.mutations import dataset_item
 from tests.support.nodecheck import JobLogReader, SandboxNode, orphan_problems, start_node
 from tests.support.synthetic.writer import write_phantom_series
@@ -36,21 +36,6 @@ def storescu(node: SandboxNode, files: list[Path], verbose: bool = False) -> lis
         "127.0.0.1",
         str(node.port),
     ] + [str(f) for f in files]
-
-
-def cr_files(directory: Path, n: int) -> list[Path]:
-    """``n`` CRs of one study (a hand: routing ignores it, no model is needed)."""
-    directory.mkdir(parents=True)
-    first = small_cr()
-    paths = []
-    for i in range(n):
-        ds = small_cr() if i else first
-        ds.BodyPartExamined = "HAND"
-        ds.StudyInstanceUID = first.StudyInstanceUID
-        ds.SeriesInstanceUID = first.SeriesInstanceUID
-        paths.append(directory / f"{i}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
 
 
 def job_states(reader: JobLogReader, study_uid: str) -> list[str]:
@@ -84,7 +69,7 @@ def test_release_starts_the_study_and_an_abort_does_not(
         release_grace_seconds=1,
     )
     reader = JobLogReader(node.data_dir / "jobs.sqlite")
-    released = cr_files(tmp_path / "released", 3)
+    released = hand_crs(tmp_path / "released", 3)
     study = str(pydicom.dcmread(released[0]).StudyInstanceUID)
     subprocess.run(storescu(node, released), check=True, capture_output=True, timeout=60)
     sent_at = time.monotonic()
@@ -113,7 +98,7 @@ def test_a_study_sent_over_two_associations_waits_for_the_open_one(
         release_grace_seconds=0.5,
     )
     reader = JobLogReader(node.data_dir / "jobs.sqlite")
-    files = cr_files(tmp_path / "study", 2)
+    files = hand_crs(tmp_path / "study", 2)
     study = str(pydicom.dcmread(files[0]).StudyInstanceUID)
     with StoreSession("127.0.0.1", node.port, calling_ae="MODALITY") as stalled:
         assert stalled.store(dataset_item(pydicom.dcmread(files[0]))).accepted

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from tests.support.dicom_client import StoreSession
-from tests.support.factories import small_cr
+from tests.support.factories import hand_crs
 from tests.support.mutations import dataset_item
 from tests.support.net import free_port
 from tests.support.nodecheck import JobLogReader, SandboxNode, start_node
@@ -32,21 +32,6 @@ def storescu(node: SandboxNode, files: list[Path], verbose: bool = False) -> lis
     flags = ["-v"] if verbose else []
     command = ["storescu", "-aet", "MODALITY", "-aec", "AINODE", *flags, "127.0.0.1"]
     return [*command, str(node.port), *(str(f) for f in files)]
-
-
-def hand_crs(directory: Path, n: int) -> list[Path]:
-    """``n`` CRs of one study (a hand: routing ignores it, no model is needed)."""
-    directory.mkdir(parents=True)
-    first = small_cr()
-    paths = []
-    for i in range(n):
-        ds = small_cr() if i else first
-        ds.BodyPartExamined = "HAND"
-        ds.StudyInstanceUID = first.StudyInstanceUID
-        ds.SeriesInstanceUID = first.SeriesInstanceUID
-        paths.append(directory / f"{i}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
 
 
 def send_then_abort(node: SandboxNode, files: list[Path]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -154,3 +155,18 @@ def grey_dataset(
     dtype = (np.int16 if signed else np.uint16) if bits_stored > 8 else np.uint8
     ds.PixelData = stored.astype(dtype).tobytes()
     return ds
+
+
+def hand_crs(directory: Path, n: int) -> list[Path]:
+    """``n`` CRs of one study (a hand: routing ignores it, no model is needed)."""
+    directory.mkdir(parents=True)
+    first = small_cr()
+    paths = []
+    for i in range(n):
+        ds = small_cr() if i else first
+        ds.BodyPartExamined = "HAND"
+        ds.StudyInstanceUID = first.StudyInstanceUID
+        ds.SeriesInstanceUID = first.SeriesInstanceUID
+        paths.append(directory / f"{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    return paths
